@@ -1,0 +1,432 @@
+/**
+ * The conversation of one phone call, as an XState v5 machine.
+ *
+ * This file is the conversation: which state follows which, what the caller hears
+ * and when the call ends. It does no I/O. The agent call and speech synthesis are
+ * invoked actors (`askAgent`, `voicePrompt`) that the engine provides with
+ * `machine.provide(...)`; every timestamp arrives on an event (`at`) or on an
+ * actor's output, so the machine has no clock of its own and replays the same way
+ * in production, in model-based tests and in the diagram exporter.
+ *
+ * It knows nothing of TwiML: a transport renders `listening`, `thinking` (on hold)
+ * and `terminating`, and turns what the caller does into SPEECH / SILENCE / HOLD /
+ * HANGUP events.
+ *
+ * Deadlines are absolute times in context (`turn.deadlineAt`), checked when an
+ * event arrives, never `after` delays: a restored actor does not re-arm `after`
+ * timers (https://github.com/statelyai/xstate/issues/5331).
+ *
+ * @see https://stately.ai/docs/setup
+ * @see https://stately.ai/docs/invoke
+ */
+import { assign, fromPromise, setup } from 'xstate';
+
+/** Words that end a call when the caller says them (matched on whole words). */
+export const GOODBYE_PHRASES = [
+  'goodbye',
+  'good bye',
+  'bye',
+  'bye bye',
+  "that's all",
+  'that is all',
+  'hang up',
+  'end the call',
+  'end call',
+  "i'm done",
+  'i am done',
+];
+
+/** What the service says on its own account; the transport voices them. */
+export const PHRASES = {
+  greeting: "Hello! I'm your HeyAI assistant. How can I help you today?",
+  reprompt: "Sorry, I didn't hear anything. Are you still there?",
+  apology: "Sorry, I'm having trouble answering right now. Could you say that again?",
+  hold: 'One moment.',
+  goodbye: 'Thank you for calling. Goodbye!',
+  goodbyeSilence: "I haven't heard anything, so I'll hang up now. Goodbye!",
+  goodbyeFailures: "Sorry, I can't help right now. Please call again later. Goodbye!",
+} as const;
+
+export type PhraseName = keyof typeof PHRASES;
+
+export const LIMITS = {
+  /** Silent gathers in a row that get a re-prompt before the call ends. */
+  reprompts: 1,
+  /** Failed turns in a row before the call ends. */
+  failures: 3,
+};
+
+export type EndReason = 'goodbye' | 'silence' | 'failures' | 'hangup';
+
+/** What is spoken next: a fixed phrase or an agent reply. */
+export interface Prompt {
+  kind: 'phrase' | 'reply';
+  /** The phrase name, or `t<turn index>` for a reply. */
+  key: string;
+  text: string;
+  /** Set once voiced: an audio path the transport can play; absent means plain text-to-speech. */
+  audio?: string;
+}
+
+export interface Turn {
+  index: number;
+  caller: string;
+  /** Twilio's confidence, 0..1; Twilio may leave it out. */
+  confidence?: number;
+  startedAt: number;
+  reply?: string;
+  /** Milliseconds from the caller's speech to the agent's first chunk / whole answer. */
+  agentFirstChunkMs?: number;
+  agentCompleteMs?: number;
+  speechMs?: number;
+  /** Whether the reply was played as synthesised audio or read by the phone's own voice. */
+  voicedBy?: 'audio' | 'say';
+  totalMs?: number;
+  failure?: string;
+}
+
+export interface PathStep {
+  state: string;
+  at: number;
+  event: string;
+}
+
+export interface CallContext {
+  callSid: string;
+  from: string;
+  to: string;
+  startedAt: number;
+  endedAt?: number;
+  turns: Turn[];
+  prompt: Prompt;
+  /** Absolute time after which the current agent turn is given up (ms since epoch). */
+  deadlineAt?: number;
+  holds: number;
+  silences: number;
+  failures: number;
+  ending?: EndReason;
+  endReason?: EndReason;
+  lastError?: string;
+  path: PathStep[];
+  agentTimeoutMs: number;
+}
+
+export interface CallInput {
+  callSid: string;
+  from: string;
+  to: string;
+  at: number;
+  /** How long an agent turn may take before the caller hears an apology. */
+  agentTimeoutMs: number;
+}
+
+export type CallEvent =
+  | { type: 'SPEECH'; text: string; confidence?: number; at: number }
+  | { type: 'SILENCE'; at: number }
+  | { type: 'HOLD'; at: number }
+  | { type: 'HANGUP'; at: number; status?: string };
+
+export interface AgentTurnInput {
+  callSid: string;
+  message: string;
+  history: Array<{ role: 'user' | 'assistant'; content: string }>;
+}
+export interface AgentTurnOutput {
+  text: string;
+  firstChunkAt: number;
+  at: number;
+}
+export interface VoiceInput {
+  callSid: string;
+  prompt: Prompt;
+  /** The text spoken just before, so synthesised pieces sound like one voice. */
+  previousText?: string;
+}
+export interface VoiceOutput {
+  audio?: string;
+  at: number;
+}
+
+function notProvided(name: string) {
+  return fromPromise<never, unknown>(async () => {
+    throw new Error(`${name} was not provided to the call machine`);
+  });
+}
+
+function phrase(name: PhraseName): Prompt {
+  return { kind: 'phrase', key: name, text: PHRASES[name] };
+}
+
+/** The time of an event: its own `at`, or the `at` of the actor output it carries. */
+function timeOf(event: { type: string }): number | undefined {
+  const e = event as { at?: number; output?: { at?: number } };
+  return e.at ?? e.output?.at;
+}
+
+export function normaliseUtterance(text: string): string {
+  return text
+    .toLowerCase()
+    .replace(/[’‘]/g, "'")
+    .replace(/[^\p{L}\p{N}' ]+/gu, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+export function saysGoodbye(text: string): boolean {
+  const words = ` ${normaliseUtterance(text)} `;
+  return GOODBYE_PHRASES.some((p) => words.includes(` ${p} `));
+}
+
+function historyOf(turns: Turn[]): AgentTurnInput['history'] {
+  return turns.flatMap((t) =>
+    t.reply === undefined || t.failure
+      ? []
+      : [
+          { role: 'user' as const, content: t.caller },
+          { role: 'assistant' as const, content: t.reply },
+        ],
+  );
+}
+
+function updateLastTurn(turns: Turn[], patch: Partial<Turn>): Turn[] {
+  if (turns.length === 0) return turns;
+  return [...turns.slice(0, -1), { ...turns[turns.length - 1]!, ...patch }];
+}
+
+export const callMachine = setup({
+  types: {
+    context: {} as CallContext,
+    events: {} as CallEvent,
+    input: {} as CallInput,
+  },
+  actors: {
+    askAgent: notProvided('askAgent') as unknown as ReturnType<typeof fromPromise<AgentTurnOutput, AgentTurnInput>>,
+    voicePrompt: notProvided('voicePrompt') as unknown as ReturnType<typeof fromPromise<VoiceOutput, VoiceInput>>,
+  },
+  guards: {
+    callerSaysGoodbye: ({ event }) => event.type === 'SPEECH' && saysGoodbye(event.text),
+    mayRepromptAgain: ({ context }) => context.silences < LIMITS.reprompts,
+    agentDeadlinePassed: ({ context, event }) =>
+      context.deadlineAt !== undefined && (timeOf(event) ?? 0) >= context.deadlineAt,
+    tooManyFailures: ({ context }) => context.failures >= LIMITS.failures,
+    isEnding: ({ context }) => context.ending !== undefined,
+  },
+  actions: {
+    recordStep: assign({
+      path: ({ context, event }, params: { state: string }) => [
+        ...context.path,
+        { state: params.state, at: timeOf(event) ?? lastTime(context), event: event.type },
+      ],
+    }),
+    applyVoice: assign(({ context, event }) => {
+      const output = (event as unknown as { output: VoiceOutput }).output;
+      const prompt: Prompt = { ...context.prompt };
+      if (output.audio) prompt.audio = output.audio;
+      else delete prompt.audio;
+      return { prompt, turns: voicedTurn(context, output.audio ? 'audio' : 'say', output.at) };
+    }),
+    applyVoiceFailure: assign(({ context, event }) => {
+      const prompt: Prompt = { ...context.prompt };
+      delete prompt.audio;
+      return {
+        prompt,
+        lastError: `speech: ${errorMessage((event as unknown as { error: unknown }).error)}`,
+        turns: voicedTurn(context, 'say', timeOf(event) ?? lastTime(context)),
+      };
+    }),
+  },
+}).createMachine({
+  id: 'call',
+  description: 'One phone call, from the greeting to the hang-up.',
+  context: ({ input }) => ({
+    callSid: input.callSid,
+    from: input.from,
+    to: input.to,
+    startedAt: input.at,
+    turns: [],
+    prompt: phrase('greeting'),
+    holds: 0,
+    silences: 0,
+    failures: 0,
+    path: [{ state: 'greeting', at: input.at, event: 'CALL_STARTED' }],
+    agentTimeoutMs: input.agentTimeoutMs,
+  }),
+  initial: 'greeting',
+  on: {
+    HANGUP: {
+      target: '.ended',
+      actions: assign({
+        endReason: ({ context }) => context.endReason ?? context.ending ?? 'hangup',
+        endedAt: ({ event }) => event.at,
+      }),
+    },
+  },
+  states: {
+    greeting: {
+      description: 'The call has just been answered: the caller is about to hear the greeting.',
+      always: { target: 'speaking', actions: assign({ prompt: phrase('greeting') }) },
+    },
+    listening: {
+      description:
+        'The caller hears the prompt (a reply, the greeting, a re-prompt or an apology) and may speak over it; the transport waits for their words.',
+      tags: ['renderable'],
+      entry: { type: 'recordStep', params: { state: 'listening' } },
+      on: {
+        SPEECH: [
+          {
+            guard: 'callerSaysGoodbye',
+            target: 'speaking',
+            actions: assign({ ending: 'goodbye', prompt: phrase('goodbye') }),
+          },
+          {
+            target: 'thinking',
+            actions: assign(({ context, event }) => {
+              const e = event as Extract<CallEvent, { type: 'SPEECH' }>;
+              const turn: Turn = { index: context.turns.length, caller: e.text, startedAt: e.at };
+              if (e.confidence !== undefined) turn.confidence = e.confidence;
+              return {
+                turns: [...context.turns, turn],
+                silences: 0,
+                holds: 0,
+                deadlineAt: e.at + context.agentTimeoutMs,
+              };
+            }),
+          },
+        ],
+        SILENCE: [
+          {
+            guard: 'mayRepromptAgain',
+            target: 'speaking',
+            actions: assign({ silences: ({ context }) => context.silences + 1, prompt: phrase('reprompt') }),
+          },
+          {
+            target: 'speaking',
+            actions: assign({ ending: 'silence', prompt: phrase('goodbyeSilence') }),
+          },
+        ],
+      },
+    },
+    thinking: {
+      description:
+        'The agent is answering the caller. If it is slow the transport puts the caller on hold (HOLD); past the turn deadline the caller hears an apology.',
+      tags: ['working'],
+      entry: { type: 'recordStep', params: { state: 'thinking' } },
+      invoke: {
+        id: 'agent',
+        src: 'askAgent',
+        input: ({ context }): AgentTurnInput => ({
+          callSid: context.callSid,
+          message: context.turns.at(-1)!.caller,
+          history: historyOf(context.turns.slice(0, -1)),
+        }),
+        onDone: {
+          target: 'speaking',
+          actions: assign(({ context, event }) => {
+            const turn = context.turns.at(-1)!;
+            return {
+              failures: 0,
+              deadlineAt: undefined,
+              prompt: { kind: 'reply' as const, key: `t${turn.index}`, text: event.output.text },
+              turns: updateLastTurn(context.turns, {
+                reply: event.output.text,
+                agentFirstChunkMs: event.output.firstChunkAt - turn.startedAt,
+                agentCompleteMs: event.output.at - turn.startedAt,
+              }),
+            };
+          }),
+        },
+        onError: {
+          target: 'errorFallback',
+          actions: assign(({ context, event }) => {
+            const reason = `agent: ${errorMessage(event.error)}`;
+            return { lastError: reason, turns: updateLastTurn(context.turns, { failure: reason }) };
+          }),
+        },
+      },
+      on: {
+        HOLD: [
+          {
+            guard: 'agentDeadlinePassed',
+            target: 'errorFallback',
+            actions: assign(({ context }) => {
+              const reason = 'agent: no answer before the turn deadline';
+              return { lastError: reason, turns: updateLastTurn(context.turns, { failure: reason }) };
+            }),
+          },
+          { actions: assign({ holds: ({ context }) => context.holds + 1 }) },
+        ],
+      },
+    },
+    errorFallback: {
+      description: 'A turn failed (agent error or timeout): apologise and listen again, or end after too many failures in a row.',
+      entry: [{ type: 'recordStep', params: { state: 'errorFallback' } }, assign({ failures: ({ context }) => context.failures + 1, deadlineAt: undefined })],
+      always: [
+        {
+          guard: 'tooManyFailures',
+          target: 'speaking',
+          actions: assign({ ending: 'failures', prompt: phrase('goodbyeFailures') }),
+        },
+        { target: 'speaking', actions: assign({ prompt: phrase('apology') }) },
+      ],
+    },
+    speaking: {
+      description: 'The prompt is being voiced (synthesised speech, or the phone\u2019s own voice if synthesis fails).',
+      tags: ['working'],
+      entry: { type: 'recordStep', params: { state: 'speaking' } },
+      invoke: {
+        id: 'voice',
+        src: 'voicePrompt',
+        input: ({ context }): VoiceInput => {
+          const previous = context.turns.at(-1);
+          const input: VoiceInput = { callSid: context.callSid, prompt: context.prompt };
+          if (context.prompt.kind === 'reply' && previous) input.previousText = previous.caller;
+          return input;
+        },
+        onDone: [
+          { guard: 'isEnding', target: 'terminating', actions: 'applyVoice' },
+          { target: 'listening', actions: 'applyVoice' },
+        ],
+        onError: [
+          { guard: 'isEnding', target: 'terminating', actions: 'applyVoiceFailure' },
+          { target: 'listening', actions: 'applyVoiceFailure' },
+        ],
+      },
+    },
+    terminating: {
+      description: 'The caller hears the closing line and the call is hung up.',
+      tags: ['renderable'],
+      entry: [{ type: 'recordStep', params: { state: 'terminating' } }, assign({ endReason: ({ context }) => context.ending })],
+    },
+    ended: {
+      description: 'Twilio reported the call over; its record is final.',
+      type: 'final',
+      entry: { type: 'recordStep', params: { state: 'ended' } },
+    },
+  },
+});
+
+function lastTime(context: CallContext): number {
+  return context.path.at(-1)?.at ?? context.startedAt;
+}
+
+function voicedTurn(context: CallContext, voicedBy: 'audio' | 'say', at: number): Turn[] {
+  const turn = context.turns.at(-1);
+  if (!turn || context.prompt.key !== `t${turn.index}`) return context.turns;
+  return updateLastTurn(context.turns, { voicedBy, speechMs: at - (turn.startedAt + (turn.agentCompleteMs ?? 0)), totalMs: at - turn.startedAt });
+}
+
+export function stateName(value: unknown): string {
+  if (typeof value === 'string') return value;
+  if (value && typeof value === 'object') {
+    const [k, v] = Object.entries(value)[0] ?? [];
+    return k === undefined ? 'unknown' : `${k}.${stateName(v)}`;
+  }
+  return 'unknown';
+}
+
+export function errorMessage(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return String(error);
+}
+
+export type CallMachine = typeof callMachine;

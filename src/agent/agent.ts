@@ -1,0 +1,34 @@
+/**
+ * The AI agent port: given what the caller just said and the conversation so far,
+ * stream the answer as text chunks. Adapters: `agent-client.ts` (the external agent
+ * over SSE at KOOZIE_AGENT_URI) and `local-agent.ts` (built in, used when no agent
+ * is configured so the whole loop works out of the box).
+ */
+export interface AgentRequest {
+  callSid: string;
+  message: string;
+  history: Array<{ role: 'user' | 'assistant'; content: string }>;
+}
+
+export interface Agent {
+  readonly kind: 'remote' | 'local';
+  /**
+   * Yields the answer chunk by chunk. Throws `AgentError` on a refused connection,
+   * a non-2xx answer, malformed SSE, a stream that closes before any text, or a
+   * timeout; honours `signal`.
+   */
+  reply(request: AgentRequest, signal: AbortSignal): AsyncIterable<string>;
+}
+
+export type AgentFailure = 'unreachable' | 'status' | 'malformed' | 'timeout' | 'empty' | 'aborted';
+
+export class AgentError extends Error {
+  override readonly name = 'AgentError';
+  readonly failure: AgentFailure;
+  readonly status: number | undefined;
+  constructor(failure: AgentFailure, message: string, options?: { cause?: unknown; status?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.failure = failure;
+    this.status = options?.status;
+  }
+}
