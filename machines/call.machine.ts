@@ -106,6 +106,9 @@ export interface CallContext {
   failures: number;
   ending?: EndReason;
   endReason?: EndReason;
+  /** Twilio's final CallStatus, once the call is over. */
+  finalStatus?: string;
+  durationSec?: number;
   lastError?: string;
   path: PathStep[];
   agentTimeoutMs: number;
@@ -124,7 +127,7 @@ export type CallEvent =
   | { type: 'SPEECH'; text: string; confidence?: number; at: number }
   | { type: 'SILENCE'; at: number }
   | { type: 'HOLD'; at: number }
-  | { type: 'HANGUP'; at: number; status?: string };
+  | { type: 'HANGUP'; at: number; status: string; durationSec?: number };
 
 export interface AgentTurnInput {
   callSid: string;
@@ -255,10 +258,12 @@ export const callMachine = setup({
   on: {
     HANGUP: {
       target: '.ended',
-      actions: assign({
-        endReason: ({ context }) => context.endReason ?? context.ending ?? 'hangup',
-        endedAt: ({ event }) => event.at,
-      }),
+      actions: assign(({ context, event }) => ({
+        endReason: context.endReason ?? context.ending ?? 'hangup',
+        endedAt: event.at,
+        finalStatus: event.status,
+        durationSec: event.durationSec ?? Math.max(0, Math.round((event.at - context.startedAt) / 1000)),
+      })),
     },
   },
   states: {

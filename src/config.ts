@@ -1,0 +1,181 @@
+/**
+ * Configuration, read once from the environment at start and validated. Nothing
+ * else in the service reads `process.env`. A bad value stops the start with one
+ * line naming the variable (`ConfigError`).
+ *
+ * Hand-written rather than a JSON-schema validator because the rules cross
+ * variables (production needs a Twilio token and an https public URL; ElevenLabs
+ * needs both key and voice) and the messages must name the variable plainly.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly variable: string;
+  constructor(variable: string, message: string) {
+    super(`${variable}: ${message}`);
+    this.variable = variable;
+  }
+}
+
+export interface ElevenLabsConfig {
+  apiKey: string;
+  voiceId: string;
+  baseUrl: string;
+  modelId: string;
+  outputFormat: string;
+}
+
+export interface Config {
+  nodeEnv: string;
+  port: number;
+  host: string;
+  /** Where Twilio reaches the service; signatures are computed over it. No trailing slash. */
+  publicBaseUrl: string;
+  twilioAuthToken: string;
+  /** `env` when TWILIO_AUTH_TOKEN is set, `local` when the service made its own for development. */
+  twilioAuthTokenSource: 'env' | 'local';
+  agentUri: string | undefined;
+  agentTimeoutMs: number;
+  elevenLabs: ElevenLabsConfig | undefined;
+  dataDir: string;
+  callStore: 'sqlite' | 'firestore';
+  gcpProjectId: string | undefined;
+  gcpRegion: string | undefined;
+  logLevel: string;
+  adminToken: string | undefined;
+  /** How long a webhook waits for the machine before it puts the caller on hold. */
+  webhookDeadlineMs: number;
+  audioUrlTtlSec: number;
+  snapshotTtlHours: number;
+}
+
+type Env = Record<string, string | undefined>;
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+export const LOCAL_TOKEN_FILE = 'local-twilio-auth-token';
+
+export function loadConfig(env: Env): Config {
+  const nodeEnv = env.NODE_ENV ?? 'development';
+  const production = nodeEnv === 'production';
+  const port = integer(env, 'PORT', 8080, 0, 65535);
+  const dataDir = resolve(text(env, 'DATA_DIR') ?? './data');
+
+  const publicBaseUrl = url(env, 'PUBLIC_BASE_URL', `http://localhost:${port}`, production);
+  if (production && text(env, 'PUBLIC_BASE_URL') === undefined) {
+    throw new ConfigError('PUBLIC_BASE_URL', 'is required when NODE_ENV=production (the https URL Twilio calls)');
+  }
+
+  let twilioAuthToken = text(env, 'TWILIO_AUTH_TOKEN');
+  let twilioAuthTokenSource: Config['twilioAuthTokenSource'] = 'env';
+  if (twilioAuthToken === undefined) {
+    if (production) throw new ConfigError('TWILIO_AUTH_TOKEN', 'is required when NODE_ENV=production');
+    twilioAuthToken = localAuthToken(dataDir);
+    twilioAuthTokenSource = 'local';
+  }
+
+  const apiKey = text(env, 'ELEVENLABS_API_KEY');
+  const voiceId = text(env, 'ELEVEN_VOICE_ID');
+  if ((apiKey === undefined) !== (voiceId === undefined)) {
+    const missing = apiKey === undefined ? 'ELEVENLABS_API_KEY' : 'ELEVEN_VOICE_ID';
+    throw new ConfigError(missing, 'is required when the other ElevenLabs setting is set (set both, or neither to use the phone\u2019s own voice)');
+  }
+  const elevenLabs =
+    apiKey && voiceId
+      ? {
+          apiKey,
+          voiceId,
+          baseUrl: url(env, 'ELEVENLABS_BASE_URL', 'https://api.elevenlabs.io', false),
+          modelId: text(env, 'ELEVEN_MODEL_ID') ?? 'eleven_flash_v2_5',
+          outputFormat: oneOf(env, 'ELEVEN_OUTPUT_FORMAT', ['mp3_44100_128', 'mp3_22050_32', 'ulaw_8000'], 'mp3_44100_128'),
+        }
+      : undefined;
+
+  const callStore = oneOf(env, 'CALL_STORE', ['sqlite', 'firestore'], 'sqlite');
+  const gcpProjectId = text(env, 'GCP_PROJECT_ID');
+  if (callStore === 'firestore' && gcpProjectId === undefined) {
+    throw new ConfigError('GCP_PROJECT_ID', 'is required when CALL_STORE=firestore');
+  }
+  const adminToken = text(env, 'ADMIN_TOKEN');
+  if (adminToken !== undefined && adminToken.length < 16) {
+    throw new ConfigError('ADMIN_TOKEN', 'must be at least 16 characters');
+  }
+
+  return {
+    nodeEnv,
+    port,
+    host: text(env, 'HOST') ?? '0.0.0.0',
+    publicBaseUrl,
+    twilioAuthToken,
+    twilioAuthTokenSource,
+    agentUri: text(env, 'KOOZIE_AGENT_URI') === undefined ? undefined : url(env, 'KOOZIE_AGENT_URI', '', false),
+    agentTimeoutMs: integer(env, 'AGENT_TIMEOUT_MS', 20_000, 1_000, 120_000),
+    elevenLabs,
+    dataDir,
+    callStore,
+    gcpProjectId,
+    gcpRegion: text(env, 'GCP_REGION'),
+    logLevel: oneOf(env, 'LOG_LEVEL', LOG_LEVELS, 'info'),
+    adminToken,
+    webhookDeadlineMs: integer(env, 'WEBHOOK_DEADLINE_MS', 3_000, 100, 12_000),
+    audioUrlTtlSec: integer(env, 'AUDIO_URL_TTL_SECONDS', 600, 30, 86_400),
+    snapshotTtlHours: integer(env, 'SNAPSHOT_TTL_HOURS', 24, 1, 24 * 365),
+  };
+}
+
+function text(env: Env, name: string): string | undefined {
+  const value = env[name]?.trim();
+  return value === undefined || value === '' ? undefined : value;
+}
+
+function integer(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = text(env, name);
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw)) throw new ConfigError(name, `must be a whole number, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], fallback: T): T {
+  const raw = text(env, name);
+  if (raw === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(raw)) {
+    throw new ConfigError(name, `must be one of ${allowed.join(', ')}, got "${raw}"`);
+  }
+  return raw as T;
+}
+
+function url(env: Env, name: string, fallback: string, httpsOnly: boolean): string {
+  const raw = text(env, name) ?? fallback;
+  let parsed: URL;
+  try {
+    parsed = new URL(raw);
+  } catch {
+    throw new ConfigError(name, `must be an absolute URL, got "${raw}"`);
+  }
+  if (parsed.protocol !== 'https:' && (httpsOnly || parsed.protocol !== 'http:')) {
+    throw new ConfigError(name, httpsOnly ? 'must be an https URL when NODE_ENV=production' : 'must be an http or https URL');
+  }
+  if (parsed.search || parsed.hash) throw new ConfigError(name, 'must not have a query or fragment');
+  return parsed.toString().replace(/\/+$/, '');
+}
+
+/**
+ * In development without TWILIO_AUTH_TOKEN, the service signs-checks with a token
+ * of its own, kept in DATA_DIR so the terminal phone (`npm run call`) can sign
+ * with the same one. Signature checks are never switched off.
+ */
+export function localAuthToken(dataDir: string): string {
+  const file = join(dataDir, LOCAL_TOKEN_FILE);
+  try {
+    return readFileSync(file, 'utf8').trim();
+  } catch {
+    mkdirSync(dataDir, { recursive: true });
+    const token = randomBytes(24).toString('hex');
+    writeFileSync(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
+    return readFileSync(file, 'utf8').trim();
+  }
+}

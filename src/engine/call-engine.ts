@@ -1,0 +1,393 @@
+/**
+ * The call engine: for each webhook, load the call, apply the event, commit, and
+ * hand back a view of the state for the transport to render.
+ *
+ * Order of work, so that a crash loses nothing Twilio was told and two webhooks can
+ * never both commit from one revision:
+ *
+ * 1. Load the stored call. A request already answered (same idempotency key) gets
+ *    the stored answer again, with no agent or speech call.
+ * 2. Compute the next state with XState's pure `transition()`: no effect runs yet.
+ * 3. Commit it with compare-and-set on the revision. Losing means another webhook
+ *    got there first: reload and start over (or replay its answer).
+ * 4. Only the winner runs the effects: it restores an actor from the committed
+ *    snapshot, which starts the invoked agent / speech actors, and waits until the
+ *    machine settles in a renderable state, or until the webhook deadline, when it
+ *    sends HOLD and the caller is kept on the line.
+ * 5. The settled state is committed (with the rendered answer) before it is
+ *    returned. An actor still working after its webhook answered stays in this
+ *    process ("live") and commits when it settles; the next webhook (`/continue`)
+ *    picks the result up.
+ *
+ * A working state in the store with no live actor here was left by a process that
+ * died: the engine adopts it (restoring restarts the invoked actor).
+ *
+ * @see https://github.com/statelyai/xstate/blob/main/packages/core/src/transition.ts
+ * @see https://github.com/statelyai/xstate/issues/5331 (why deadlines live in context)
+ */
+import type { Logger } from 'pino';
+import {
+  createActor,
+  fromPromise,
+  initialTransition,
+  transition,
+  waitFor,
+  type Actor,
+  type SnapshotFrom,
+} from 'xstate';
+import {
+  callMachine,
+  stateName,
+  type AgentTurnInput,
+  type AgentTurnOutput,
+  type CallContext,
+  type CallEvent,
+  type VoiceInput,
+  type VoiceOutput,
+} from '../../machines/call.machine.ts';
+import { AgentError, type Agent } from '../agent/agent.ts';
+import type { VoiceLibrary } from '../speech/voice-library.ts';
+import type { CallRecord, CallStore, StoredCall } from '../store/call-store.ts';
+
+export interface CallView {
+  state: string;
+  context: CallContext;
+}
+
+export interface EngineOptions {
+  store: CallStore;
+  agent: Agent;
+  /** Absent: prompts are read by the phone's own voice. */
+  voice: VoiceLibrary | undefined;
+  log: Logger;
+  now?: () => number;
+  webhookDeadlineMs: number;
+  agentTimeoutMs: number;
+  /** Transport's renderer; the engine stores what it renders for replays. */
+  render(view: CallView): string;
+}
+
+export interface EngineRequest {
+  /** Twilio's I-Twilio-Idempotency-Token, or another key that repeats on retries. */
+  key?: string | undefined;
+}
+
+export type EngineAnswer =
+  | { kind: 'answer'; body: string; view: CallView }
+  | { kind: 'replay'; body: string }
+  | { kind: 'unknown' };
+
+export interface CallStartInfo {
+  callSid: string;
+  from: string;
+  to: string;
+}
+
+type CallMachine = typeof callMachine;
+type CallSnapshot = SnapshotFrom<CallMachine>;
+type CallActor = Actor<CallMachine>;
+
+interface Live {
+  actor: CallActor;
+  revision: number;
+}
+
+const MAX_ATTEMPTS = 4;
+/** After HOLD, a moment for a fallback (already-synthesised apology) to settle. */
+const AFTER_HOLD_MS = 300;
+
+export class CallEngine {
+  readonly machine: CallMachine;
+  readonly #options: EngineOptions;
+  readonly #now: () => number;
+  readonly #live = new Map<string, Live>();
+  readonly #locks = new Map<string, Promise<unknown>>();
+
+  constructor(options: EngineOptions) {
+    this.#options = options;
+    this.#now = options.now ?? Date.now;
+    this.machine = callMachine.provide({
+      actors: {
+        askAgent: fromPromise<AgentTurnOutput, AgentTurnInput>(({ input, signal }) => this.#askAgent(input, signal)),
+        voicePrompt: fromPromise<VoiceOutput, VoiceInput>(({ input, signal }) => this.#voicePrompt(input, signal)),
+      },
+    });
+  }
+
+  /** `POST /voice`: a new call (or Twilio retrying the first webhook). */
+  start(call: CallStartInfo, request: EngineRequest): Promise<EngineAnswer> {
+    return this.#step(call.callSid, request, undefined, call);
+  }
+
+  /** Any later webhook: an event for the machine, or none to pick up where it is. */
+  handle(callSid: string, event: CallEvent | undefined, request: EngineRequest): Promise<EngineAnswer> {
+    return this.#step(callSid, request, event, undefined);
+  }
+
+  /** Calls with an actor still working in this process (agent or speech under way). */
+  get liveCalls(): number {
+    return this.#live.size;
+  }
+
+  /** Waits for every live actor to settle and commit, up to `timeoutMs` (graceful shutdown). */
+  async drain(timeoutMs: number): Promise<void> {
+    const until = this.#now() + timeoutMs;
+    while (this.#live.size > 0 && this.#now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+
+  stop(): void {
+    for (const live of this.#live.values()) live.actor.stop();
+    this.#live.clear();
+  }
+
+  #step(
+    callSid: string,
+    request: EngineRequest,
+    event: CallEvent | undefined,
+    start: CallStartInfo | undefined,
+  ): Promise<EngineAnswer> {
+    return this.#withLock(callSid, async () => {
+      for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+        const answer = await this.#attempt(callSid, request, event, start);
+        if (answer !== 'conflict') return answer;
+        this.#options.log.debug({ callSid, attempt }, 'commit lost to a concurrent webhook; reloading');
+      }
+      throw new Error(`call ${callSid}: gave up after ${MAX_ATTEMPTS} conflicting commits`);
+    });
+  }
+
+  async #attempt(
+    callSid: string,
+    request: EngineRequest,
+    event: CallEvent | undefined,
+    start: CallStartInfo | undefined,
+  ): Promise<EngineAnswer | 'conflict'> {
+    const stored = await this.#options.store.load(callSid);
+    const replay = request.key ? stored?.responses[request.key] : undefined;
+    if (replay !== undefined) return { kind: 'replay', body: replay };
+
+    let live = this.#live.get(callSid);
+    if (live && live.revision !== stored?.revision) {
+      // Another instance moved the call on: our actor's work is stale.
+      this.#dropLive(callSid, live);
+      live = undefined;
+    }
+    if (live) {
+      if (event) live.actor.send(event);
+      return this.#settleAndCommit(callSid, live, request);
+    }
+
+    let current: CallSnapshot;
+    let next: CallSnapshot;
+    if (!stored) {
+      if (!start) return { kind: 'unknown' };
+      current = next = initialTransition(this.machine, {
+        ...start,
+        at: this.#now(),
+        agentTimeoutMs: this.#options.agentTimeoutMs,
+      })[0];
+    } else {
+      if (stored.snapshot === null) return { kind: 'unknown' };
+      current = this.machine.resolveState(stored.snapshot as Parameters<CallMachine['resolveState']>[0]);
+      if (isWorking(current)) return this.#adopt(stored, event, request);
+      next = event ? transition(this.machine, current, event)[0] : current;
+    }
+
+    const expectedRevision = stored?.revision ?? 0;
+    if (!isWorking(next)) {
+      const view = viewOf(next);
+      const body = this.#options.render(view);
+      if (stored && next === current) return { kind: 'answer', body, view };
+      const committed = await this.#commit(callSid, expectedRevision, next, request, body);
+      return committed === undefined ? 'conflict' : { kind: 'answer', body, view };
+    }
+
+    // The event starts work (agent, speech). Claim the turn first, so only one
+    // webhook ever runs it; then run it from the committed snapshot.
+    const persisted = this.machine.getPersistedSnapshot(next);
+    const claimed = await this.#commit(callSid, expectedRevision, next, {}, undefined);
+    if (claimed === undefined) return 'conflict';
+    return this.#settleAndCommit(callSid, this.#goLive(callSid, persisted, claimed), request);
+  }
+
+  /** A working state nobody here is running: its process died. Restoring restarts the work. */
+  #adopt(stored: StoredCall, event: CallEvent | undefined, request: EngineRequest) {
+    this.#options.log.warn({ callSid: stored.callSid, state: stored.record.state }, 'resuming a call left mid-turn');
+    const live = this.#goLive(stored.callSid, stored.snapshot, stored.revision);
+    if (event) live.actor.send(event);
+    return this.#settleAndCommit(stored.callSid, live, request);
+  }
+
+  #goLive(callSid: string, snapshot: unknown, revision: number): Live {
+    // Input only seeds a new call; a restored actor takes everything from its snapshot.
+    const actor = createActor(this.machine, { snapshot: snapshot as CallSnapshot, input: undefined as never });
+    const live: Live = { actor, revision };
+    this.#live.set(callSid, live);
+    actor.subscribe({
+      next: (snapshot) => {
+        if (!isWorking(snapshot)) void this.#flushLive(callSid, live);
+      },
+      error: (error) => this.#options.log.error({ callSid, err: error }, 'call actor failed'),
+    });
+    actor.start();
+    return live;
+  }
+
+  async #settleAndCommit(callSid: string, live: Live, request: EngineRequest): Promise<EngineAnswer | 'conflict'> {
+    let snapshot = await settle(live.actor, this.#options.webhookDeadlineMs);
+    if (isWorking(snapshot)) {
+      live.actor.send({ type: 'HOLD', at: this.#now() });
+      snapshot = await settle(live.actor, AFTER_HOLD_MS);
+    }
+    const view = viewOf(snapshot);
+    const body = this.#options.render(view);
+    const revision = await this.#commit(callSid, live.revision, snapshot, request, body);
+    if (revision === undefined) {
+      this.#dropLive(callSid, live);
+      return 'conflict';
+    }
+    live.revision = revision;
+    if (!isWorking(snapshot)) this.#dropLive(callSid, live);
+    return { kind: 'answer', body, view };
+  }
+
+  /** A live actor settled after its webhook answered: store the result for the next webhook. */
+  #flushLive(callSid: string, live: Live): Promise<unknown> {
+    return this.#withLock(callSid, async () => {
+      if (this.#live.get(callSid) !== live) return;
+      const snapshot = live.actor.getSnapshot();
+      if (isWorking(snapshot)) return;
+      const revision = await this.#commit(callSid, live.revision, snapshot, {}, undefined);
+      if (revision === undefined) this.#options.log.warn({ callSid }, 'a turn finished after the call moved on; dropped');
+      this.#dropLive(callSid, live);
+    }).catch((error: unknown) => {
+      this.#options.log.error({ callSid, err: error }, 'could not store a finished turn');
+      this.#dropLive(callSid, live);
+    });
+  }
+
+  #dropLive(callSid: string, live: Live) {
+    if (this.#live.get(callSid) === live) this.#live.delete(callSid);
+    live.actor.stop();
+  }
+
+  /** Returns the new revision, or undefined when another webhook committed first. */
+  async #commit(
+    callSid: string,
+    expectedRevision: number,
+    snapshot: CallSnapshot,
+    request: EngineRequest,
+    body: string | undefined,
+  ): Promise<number | undefined> {
+    const result = await this.#options.store.commit({
+      callSid,
+      expectedRevision,
+      snapshot: this.machine.getPersistedSnapshot(snapshot),
+      record: recordOf(snapshot),
+      ...(request.key && body !== undefined ? { response: { key: request.key, body } } : {}),
+      now: this.#now(),
+    });
+    return result.ok ? result.revision : undefined;
+  }
+
+  async #withLock<T>(callSid: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.#locks.get(callSid) ?? Promise.resolve();
+    const run = previous.then(work, work);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#locks.set(callSid, tail);
+    void tail.then(() => {
+      if (this.#locks.get(callSid) === tail) this.#locks.delete(callSid);
+    });
+    return run;
+  }
+
+  async #askAgent(input: AgentTurnInput, signal: AbortSignal): Promise<AgentTurnOutput> {
+    const log = this.#options.log.child({ callSid: input.callSid });
+    const timeout = AbortSignal.any([signal, AbortSignal.timeout(this.#options.agentTimeoutMs)]);
+    let text = '';
+    let firstChunkAt: number | undefined;
+    try {
+      for await (const chunk of this.#options.agent.reply(input, timeout)) {
+        firstChunkAt ??= this.#now();
+        text += chunk;
+      }
+    } catch (error) {
+      log.warn({ err: error }, 'agent turn failed');
+      throw error;
+    }
+    text = text.replace(/\s+/g, ' ').trim();
+    if (text === '' || firstChunkAt === undefined) throw new AgentError('empty', 'the agent answered with no text');
+    return { text, firstChunkAt, at: this.#now() };
+  }
+
+  async #voicePrompt(input: VoiceInput, signal: AbortSignal): Promise<VoiceOutput> {
+    const voice = this.#options.voice;
+    if (!voice) return { at: this.#now() };
+    const { prompt } = input;
+    try {
+      if (prompt.kind === 'phrase') {
+        await voice.phrase(prompt.key, prompt.text, signal);
+        return { audio: phraseAudioPath(prompt.key), at: this.#now() };
+      }
+      await voice.reply(replyAudioId(input.callSid, prompt.key), prompt.text, input.previousText, signal);
+      return { audio: replyAudioPath(input.callSid, prompt.key), at: this.#now() };
+    } catch (error) {
+      this.#options.log.child({ callSid: input.callSid }).warn({ err: error }, 'speech synthesis failed; the phone reads the words instead');
+      throw error;
+    }
+  }
+}
+
+export function phraseAudioPath(name: string): string {
+  return `/audio/phrase/${name}`;
+}
+
+export function replyAudioPath(callSid: string, key: string): string {
+  return `/audio/call/${callSid}/${key}`;
+}
+
+export function replyAudioId(callSid: string, key: string): string {
+  return `${callSid}/${key}`;
+}
+
+/** Renderable states end a webhook; working states (agent, speech) are waited for. */
+function isWorking(snapshot: CallSnapshot): boolean {
+  return snapshot.status === 'active' && !snapshot.hasTag('renderable');
+}
+
+async function settle(actor: CallActor, timeoutMs: number): Promise<CallSnapshot> {
+  if (!isWorking(actor.getSnapshot())) return actor.getSnapshot();
+  try {
+    return await waitFor(actor, (snapshot) => !isWorking(snapshot), { timeout: timeoutMs });
+  } catch {
+    return actor.getSnapshot();
+  }
+}
+
+function viewOf(snapshot: CallSnapshot): CallView {
+  return { state: stateName(snapshot.value), context: snapshot.context };
+}
+
+export function recordOf(snapshot: CallSnapshot): CallRecord {
+  const c = snapshot.context;
+  const record: CallRecord = {
+    callSid: c.callSid,
+    from: c.from,
+    to: c.to,
+    startedAt: c.startedAt,
+    status: c.finalStatus ?? 'in-progress',
+    state: stateName(snapshot.value),
+    turns: c.turns,
+    path: c.path,
+  };
+  if (c.endedAt !== undefined) record.endedAt = c.endedAt;
+  if (c.durationSec !== undefined) record.durationSec = c.durationSec;
+  if (c.endReason !== undefined) record.endReason = c.endReason;
+  if (c.lastError !== undefined) record.lastError = c.lastError;
+  return record;
+}

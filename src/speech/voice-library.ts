@@ -1,0 +1,116 @@
+/**
+ * The audio the caller hears, kept in this process so Twilio's `<Play>` fetch is
+ * served from memory: fixed phrases (greeting, apology, goodbye, hold) are
+ * synthesised once per process and kept; replies are kept in a bounded
+ * least-recently-used cache. A fetch that misses (another instance synthesised it,
+ * or it was evicted) synthesises the same text again.
+ *
+ * Synthesis is deduplicated: concurrent requests for the same text share one call.
+ */
+import type { Speech, SynthesisedAudio } from './speech.ts';
+
+export interface VoiceLibraryOptions {
+  speech: Speech;
+  /** Distinguishes voices/models/formats so a change of voice never serves old audio. */
+  voiceKey: string;
+  maxReplyBytes?: number;
+  timeoutMs?: number;
+}
+
+export class VoiceLibrary {
+  readonly #speech: Speech;
+  readonly #voiceKey: string;
+  readonly #phrases = new Map<string, Promise<SynthesisedAudio>>();
+  readonly #readyPhrases = new Map<string, SynthesisedAudio>();
+  readonly #replies = new Map<string, SynthesisedAudio>();
+  readonly #pending = new Map<string, Promise<SynthesisedAudio>>();
+  readonly #maxReplyBytes: number;
+  readonly #timeoutMs: number;
+  #replyBytes = 0;
+
+  constructor(options: VoiceLibraryOptions) {
+    this.#speech = options.speech;
+    this.#voiceKey = options.voiceKey;
+    this.#maxReplyBytes = options.maxReplyBytes ?? 64 * 1024 * 1024;
+    this.#timeoutMs = options.timeoutMs ?? 8_000;
+  }
+
+  /** A fixed phrase, synthesised at most once per process (a failure is retried next time). */
+  phrase(name: string, text: string, signal?: AbortSignal): Promise<SynthesisedAudio> {
+    const key = `${this.#voiceKey}|phrase|${name}|${text}`;
+    let audio = this.#phrases.get(key);
+    if (!audio) {
+      audio = this.#synthesise({ text }, undefined);
+      this.#phrases.set(key, audio);
+      audio.then(
+        (ready) => this.#readyPhrases.set(key, ready),
+        () => this.#phrases.delete(key),
+      );
+    }
+    return signal ? abortable(audio, signal) : audio;
+  }
+
+  /** The phrase's audio if it is already synthesised, without waiting. */
+  phraseIfReady(name: string, text: string): SynthesisedAudio | undefined {
+    return this.#readyPhrases.get(`${this.#voiceKey}|phrase|${name}|${text}`);
+  }
+
+  /** A reply's audio, keyed by call and prompt so the audio route can find it. */
+  async reply(id: string, text: string, previousText: string | undefined, signal?: AbortSignal): Promise<SynthesisedAudio> {
+    const key = `${this.#voiceKey}|reply|${id}|${text}`;
+    const cached = this.#replies.get(key);
+    if (cached) {
+      this.#replies.delete(key);
+      this.#replies.set(key, cached);
+      return cached;
+    }
+    let pending = this.#pending.get(key);
+    if (!pending) {
+      pending = this.#synthesise(previousText === undefined ? { text } : { text, previousText }, undefined).then((audio) => {
+        this.#keep(key, audio);
+        return audio;
+      });
+      this.#pending.set(key, pending);
+      void pending.then(
+        () => this.#pending.delete(key),
+        () => this.#pending.delete(key),
+      );
+    }
+    return signal ? abortable(pending, signal) : pending;
+  }
+
+  #synthesise(request: Parameters<Speech['synthesise']>[0], signal: AbortSignal | undefined): Promise<SynthesisedAudio> {
+    const timeout = AbortSignal.timeout(this.#timeoutMs);
+    return this.#speech.synthesise(request, signal ? AbortSignal.any([signal, timeout]) : timeout);
+  }
+
+  #keep(key: string, audio: SynthesisedAudio) {
+    if (audio.bytes.length > this.#maxReplyBytes) return;
+    this.#replies.set(key, audio);
+    this.#replyBytes += audio.bytes.length;
+    for (const [oldest, old] of this.#replies) {
+      if (this.#replyBytes <= this.#maxReplyBytes) break;
+      this.#replies.delete(oldest);
+      this.#replyBytes -= old.bytes.length;
+    }
+  }
+}
+
+/** Lets one waiter give up without cancelling the shared synthesis. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}

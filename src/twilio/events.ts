@@ -1,0 +1,81 @@
+/**
+ * Twilio's form posts → typed requests and machine events. Pure and strict: every
+ * field is checked here, at the edge, and a request that is not what Twilio sends
+ * becomes a `WebhookInputError` (answered 400) before it touches a call.
+ *
+ * @see https://www.twilio.com/docs/voice/twiml#request-parameters
+ * @see https://www.twilio.com/docs/voice/twiml/gather#action
+ * @see https://www.twilio.com/docs/voice/api/call-resource#statuscallback
+ */
+import type { CallEvent } from '../../machines/call.machine.ts';
+
+export class WebhookInputError extends Error {
+  override readonly name = 'WebhookInputError';
+}
+
+export type TwilioForm = Record<string, unknown>;
+
+const CALL_SID = /^CA[0-9a-fA-F]{32}$/;
+/** Longest utterance passed on to the agent; Twilio's transcripts are far shorter. */
+export const MAX_UTTERANCE_CHARS = 2_000;
+const TERMINAL_STATUSES = new Set(['completed', 'busy', 'failed', 'no-answer', 'canceled']);
+
+export function callSidOf(form: TwilioForm): string {
+  const sid = single(form, 'CallSid');
+  if (sid === undefined || !CALL_SID.test(sid)) throw new WebhookInputError('CallSid is missing or malformed');
+  return sid;
+}
+
+export interface CallStart {
+  callSid: string;
+  from: string;
+  to: string;
+}
+
+export function callStartOf(form: TwilioForm): CallStart {
+  return {
+    callSid: callSidOf(form),
+    from: phoneField(form, 'From'),
+    to: phoneField(form, 'To'),
+  };
+}
+
+/** A `<Gather>` result: words become SPEECH, nothing heard becomes SILENCE. */
+export function speechEventOf(form: TwilioForm, at: number): Extract<CallEvent, { type: 'SPEECH' | 'SILENCE' }> {
+  const raw = single(form, 'SpeechResult') ?? '';
+  // Control characters are never speech; drop them before anything sees the text.
+  const text = raw.replace(/[\u0000-\u001f\u007f-\u009f]/g, ' ').replace(/\s+/g, ' ').trim().slice(0, MAX_UTTERANCE_CHARS);
+  if (text === '') return { type: 'SILENCE', at };
+  const confidence = confidenceOf(single(form, 'Confidence'));
+  return confidence === undefined ? { type: 'SPEECH', text, at } : { type: 'SPEECH', text, confidence, at };
+}
+
+/** A status callback: HANGUP once the call is over, nothing for progress updates. */
+export function statusEventOf(form: TwilioForm, at: number): Extract<CallEvent, { type: 'HANGUP' }> | undefined {
+  const status = single(form, 'CallStatus');
+  if (status === undefined || !/^[a-z-]{1,20}$/.test(status)) throw new WebhookInputError('CallStatus is missing or malformed');
+  if (!TERMINAL_STATUSES.has(status)) return undefined;
+  const duration = single(form, 'CallDuration');
+  const durationSec = duration !== undefined && /^\d{1,7}$/.test(duration) ? Number(duration) : undefined;
+  return durationSec === undefined ? { type: 'HANGUP', at, status } : { type: 'HANGUP', at, status, durationSec };
+}
+
+function confidenceOf(raw: string | undefined): number | undefined {
+  if (raw === undefined || raw.trim() === '') return undefined;
+  const value = Number(raw);
+  return Number.isFinite(value) && value >= 0 && value <= 1 ? value : undefined;
+}
+
+function phoneField(form: TwilioForm, name: string): string {
+  const value = single(form, name) ?? '';
+  // E.164, a SIP/client identity, or Twilio's "anonymous"-style placeholders: keep it short and printable.
+  return value.replace(/[^\w+:@.\-]/g, '').slice(0, 64);
+}
+
+/** One value per field: a repeated parameter is not something Twilio sends. */
+function single(form: TwilioForm, name: string): string | undefined {
+  const value = form[name];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string') throw new WebhookInputError(`${name} must appear once`);
+  return value;
+}
