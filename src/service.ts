@@ -1,0 +1,113 @@
+/**
+ * Builds the running service from a validated Config: store, agent, speech, engine
+ * and HTTP app, wired together. Used by src/server.ts and by tests that want the
+ * real service with fakes of the outside world.
+ */
+import type { Logger } from 'pino';
+import { PHRASES, type PhraseName } from '../machines/call.machine.ts';
+import { createAgentClient } from './agent/agent-client.ts';
+import type { Agent } from './agent/agent.ts';
+import { createLocalAgent } from './agent/local-agent.ts';
+import type { Config } from './config.ts';
+import { CallEngine, phraseAudioPath } from './engine/call-engine.ts';
+import { buildApp, type App } from './http/app.ts';
+import { createAudioUrlSigner } from './speech/audio-url.ts';
+import { createElevenLabsSpeech } from './speech/elevenlabs.ts';
+import { VoiceLibrary } from './speech/voice-library.ts';
+import type { CallStore } from './store/call-store.ts';
+import { SqliteCallStore } from './store/sqlite-store.ts';
+import { renderCallTwiml } from './twilio/twiml.ts';
+
+export interface Service {
+  app: App;
+  engine: CallEngine;
+  store: CallStore;
+  agent: Agent;
+  voice: VoiceLibrary | undefined;
+  /** Synthesises the fixed phrases once, in the background. */
+  warmUp(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface ServiceOverrides {
+  now?: () => number;
+  fetch?: typeof globalThis.fetch;
+  store?: CallStore;
+}
+
+export async function createService(config: Config, log: Logger, overrides: ServiceOverrides = {}): Promise<Service> {
+  const now = overrides.now ?? Date.now;
+  const store = overrides.store ?? (await openStore(config));
+  const fetchImpl = overrides.fetch ?? globalThis.fetch;
+  const agent = config.agentUri
+    ? createAgentClient({ baseUrl: config.agentUri, fetch: fetchImpl, totalTimeoutMs: config.agentTimeoutMs })
+    : createLocalAgent();
+  const voice = config.elevenLabs
+    ? new VoiceLibrary({
+        speech: createElevenLabsSpeech({ ...config.elevenLabs, fetch: fetchImpl }),
+        voiceKey: `${config.elevenLabs.voiceId}|${config.elevenLabs.modelId}|${config.elevenLabs.outputFormat}`,
+      })
+    : undefined;
+  const audioUrls = createAudioUrlSigner({ secret: config.twilioAuthToken, ttlSec: config.audioUrlTtlSec, now });
+
+  const engine = new CallEngine({
+    store,
+    agent,
+    voice,
+    log,
+    now,
+    webhookDeadlineMs: config.webhookDeadlineMs,
+    agentTimeoutMs: config.agentTimeoutMs,
+    render: (view) =>
+      renderCallTwiml(view, {
+        baseUrl: config.publicBaseUrl,
+        signAudio: (path) => audioUrls.sign(path),
+        holdAudio: voice?.phraseIfReady('hold', PHRASES.hold) ? phraseAudioPath('hold') : undefined,
+      }),
+  });
+
+  const app = buildApp({
+    engine,
+    store,
+    voice,
+    audioUrls,
+    publicBaseUrl: config.publicBaseUrl,
+    twilioAuthToken: config.twilioAuthToken,
+    audioUrlTtlSec: config.audioUrlTtlSec,
+    log,
+    now,
+  });
+
+  return {
+    app,
+    engine,
+    store,
+    agent,
+    voice,
+    async warmUp() {
+      if (!voice) return;
+      const results = await Promise.allSettled(
+        (Object.keys(PHRASES) as PhraseName[]).map((name) => voice.phrase(name, PHRASES[name])),
+      );
+      const failed = results.filter((r) => r.status === 'rejected').length;
+      if (failed > 0) log.warn({ failed }, 'some fixed phrases could not be synthesised yet; they will be tried again per call');
+    },
+    async close() {
+      await app.close();
+      engine.stop();
+      await store.close();
+    },
+  };
+}
+
+async function openStore(config: Config): Promise<CallStore> {
+  if (config.callStore === 'firestore') {
+    // Loaded only when chosen: the Firestore client is heavy and the embedded store needs none of it.
+    const { FirestoreCallStore } = await import('./store/firestore-store.ts');
+    return new FirestoreCallStore({
+      projectId: config.gcpProjectId!,
+      snapshotTtlMs: config.snapshotTtlHours * 3_600_000,
+    });
+  }
+  return new SqliteCallStore(config.dataDir);
+}
