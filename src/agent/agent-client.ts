@@ -1,0 +1,234 @@
+/**
+ * The remote agent adapter: asks the external agent at KOOZIE_AGENT_URI for an
+ * answer and streams it back as Server-Sent Events, so the call can start speaking
+ * the first words while the agent is still writing the rest.
+ *
+ * A caller on the phone is waiting in silence while this runs, so two deadlines
+ * bound it: no text within `firstChunkTimeoutMs`, or no end within `totalTimeoutMs`,
+ * and the request is aborted and the turn fails with `AgentError('timeout')`.
+ *
+ * @see https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+ * @see https://github.com/rexxars/eventsource-parser#usage
+ */
+import { createParser, type EventSourceMessage, type ParseError } from 'eventsource-parser';
+import { AgentError, type Agent, type AgentRequest } from './agent.ts';
+
+export interface AgentClientOptions {
+  /** KOOZIE_AGENT_URI; the client posts to `${baseUrl}/chat`. */
+  baseUrl: string;
+  fetch?: typeof globalThis.fetch;
+  /** How long the caller may sit in silence before this agent is given up on. */
+  firstChunkTimeoutMs?: number;
+  /** Upper bound for the whole answer, however steadily it trickles in. */
+  totalTimeoutMs?: number;
+}
+
+/** An agent's error body is not ours to relay in full: it may be an HTML page or a stack trace. */
+const MAX_EXCERPT_CHARS = 200;
+/** Far above any spoken answer; stops a broken agent from growing the parser's buffer without bound. */
+const MAX_SSE_BUFFER_CHARS = 1_000_000;
+
+export function createAgentClient(options: AgentClientOptions): Agent {
+  const { fetch = globalThis.fetch, firstChunkTimeoutMs = 8000, totalTimeoutMs = 20000 } = options;
+  const chatUrl = `${options.baseUrl.replace(/\/+$/, '')}/chat`;
+  // Parsed once so a wrong KOOZIE_AGENT_URI fails at boot, not on the first call.
+  // Messages name only the host: the URI may carry credentials.
+  const agentHost = new URL(chatUrl).host;
+  const settings: ReplySettings = { fetch, chatUrl, agentHost, firstChunkTimeoutMs, totalTimeoutMs };
+  return {
+    kind: 'remote',
+    reply: (request, signal) => streamReply(settings, request, signal),
+  };
+}
+
+interface ReplySettings {
+  fetch: typeof globalThis.fetch;
+  chatUrl: string;
+  agentHost: string;
+  firstChunkTimeoutMs: number;
+  totalTimeoutMs: number;
+}
+
+async function* streamReply(
+  settings: ReplySettings,
+  request: AgentRequest,
+  callerSignal: AbortSignal,
+): AsyncGenerator<string, void, undefined> {
+  const { firstChunkTimeoutMs, totalTimeoutMs, agentHost } = settings;
+  if (callerSignal.aborted) {
+    throw new AgentError('aborted', 'the turn was aborted before the agent was asked', { cause: callerSignal.reason });
+  }
+  const firstChunk = new AbortController();
+  const firstChunkTimer = setTimeout(() => firstChunk.abort(), firstChunkTimeoutMs);
+  const total = AbortSignal.timeout(totalTimeoutMs);
+  // Aborted in `finally`: frees the connection when the consumer stops reading early
+  // or the agent keeps the stream open after `[DONE]`.
+  const release = new AbortController();
+  const signal = AbortSignal.any([callerSignal, firstChunk.signal, total, release.signal]);
+  const stopped = (): AgentError => {
+    if (callerSignal.aborted) {
+      return new AgentError('aborted', 'the turn was aborted while waiting for the agent', { cause: callerSignal.reason });
+    }
+    if (firstChunk.signal.aborted) {
+      return new AgentError('timeout', `no text from the agent at ${agentHost} within ${firstChunkTimeoutMs} ms`);
+    }
+    return new AgentError('timeout', `the agent at ${agentHost} did not finish within ${totalTimeoutMs} ms`);
+  };
+  // `fetch` aborts the body when `signal` fires, but a `fetch` passed in may not:
+  // cancelling the reader as well guarantees a pending `read()` returns.
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  const cancelRead = (): void => {
+    reader?.cancel().catch(() => {});
+  };
+  signal.addEventListener('abort', cancelRead, { once: true });
+
+  try {
+    let response: Response;
+    try {
+      response = await settings.fetch(settings.chatUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+        // `session_id` as well as `callSid`: agents built on common chat servers key memory on it.
+        body: JSON.stringify({
+          message: request.message,
+          history: request.history,
+          callSid: request.callSid,
+          session_id: request.callSid,
+        }),
+        signal,
+      });
+    } catch (error) {
+      if (signal.aborted) throw stopped();
+      throw new AgentError('unreachable', `could not reach the agent at ${agentHost}`, { cause: error });
+    }
+
+    if (!response.ok) {
+      const excerpt = await readExcerpt(response);
+      throw new AgentError(
+        'status',
+        `the agent at ${agentHost} answered HTTP ${response.status}${excerpt === '' ? '' : `: ${excerpt}`}`,
+        { status: response.status },
+      );
+    }
+    // A missing content type is tolerated (the events still parse); a different one
+    // means this is not the endpoint we think it is, which "empty" would hide.
+    const contentType = response.headers.get('content-type');
+    if (contentType !== null && !contentType.toLowerCase().startsWith('text/event-stream')) {
+      const excerpt = await readExcerpt(response);
+      throw new AgentError('malformed', `the agent at ${agentHost} answered ${contentType}, not text/event-stream: ${excerpt}`, {
+        status: response.status,
+      });
+    }
+    if (response.body === null) {
+      throw new AgentError('empty', `the agent at ${agentHost} answered without a body`, { status: response.status });
+    }
+    if (signal.aborted) throw stopped();
+    reader = response.body.getReader();
+
+    const events: EventSourceMessage[] = [];
+    let parseFailure: ParseError | undefined;
+    const parser = createParser({
+      onEvent: (event) => events.push(event),
+      // Unknown fields and bad `retry:` values are ignored, as an EventSource would;
+      // only an overflowing buffer makes the stream unusable.
+      onError: (error) => {
+        if (error.type === 'max-buffer-size-exceeded') parseFailure = error;
+      },
+      maxBufferSize: MAX_SSE_BUFFER_CHARS,
+    });
+    const decoder = new TextDecoder();
+    let spokeAtAll = false;
+
+    for (;;) {
+      let read: ReadableStreamReadResult<Uint8Array>;
+      try {
+        read = await reader.read();
+      } catch (error) {
+        if (signal.aborted) throw stopped();
+        // The connection dropped mid-answer. Once the caller has heard part of the
+        // answer, that part stands and the turn ends normally: cutting it off with an
+        // apology would be worse than a short answer. Before any text, it is a failure.
+        if (spokeAtAll) return;
+        throw new AgentError('unreachable', `the connection to the agent at ${agentHost} broke before any text`, {
+          cause: error,
+        });
+      }
+      if (signal.aborted) throw stopped();
+      parser.feed(read.done ? decoder.decode() : decoder.decode(read.value, { stream: true }));
+      if (parseFailure !== undefined) {
+        throw new AgentError('malformed', `the agent at ${agentHost} sent an event larger than ${MAX_SSE_BUFFER_CHARS} characters`, {
+          cause: parseFailure,
+        });
+      }
+      for (const event of events.splice(0)) {
+        const chunk = readChunk(event.data, agentHost);
+        if (chunk.kind === 'done') {
+          if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} finished without any text`);
+          return;
+        }
+        if (chunk.kind === 'text' && chunk.text !== '') {
+          clearTimeout(firstChunkTimer);
+          spokeAtAll = true;
+          yield chunk.text;
+        }
+      }
+      if (read.done) break;
+    }
+    if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} closed the stream without any text`);
+  } finally {
+    clearTimeout(firstChunkTimer);
+    signal.removeEventListener('abort', cancelRead);
+    cancelRead();
+    release.abort();
+  }
+}
+
+type Chunk = { kind: 'text'; text: string } | { kind: 'skip' } | { kind: 'done' };
+
+/** One event's `data`: `{"text": "..."}`, a text-less event such as a ping, or `[DONE]`. */
+function readChunk(data: string, agentHost: string): Chunk {
+  // `[DONE]` is the OpenAI-style end marker many agent servers send before closing.
+  if (data.trim() === '[DONE]') return { kind: 'done' };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch (error) {
+    throw new AgentError('malformed', `the agent at ${agentHost} sent an event that is not JSON: ${excerptOf(data)}`, {
+      cause: error,
+    });
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new AgentError('malformed', `the agent at ${agentHost} sent an event that is not a JSON object: ${excerptOf(data)}`);
+  }
+  // Keep-alives and status events carry no text; they are not an error.
+  if (!('text' in parsed)) return { kind: 'skip' };
+  if (typeof parsed.text !== 'string') {
+    throw new AgentError('malformed', `the agent at ${agentHost} sent a "text" that is not a string: ${excerptOf(data)}`);
+  }
+  return { kind: 'text', text: parsed.text };
+}
+
+/** The start of an error body, read no further than needed; empty if it cannot be read. */
+async function readExcerpt(response: Response): Promise<string> {
+  if (response.body === null) return '';
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  try {
+    while (text.length <= MAX_EXCERPT_CHARS) {
+      const read = await reader.read();
+      if (read.done) break;
+      text += decoder.decode(read.value, { stream: true });
+    }
+  } catch {
+    // The excerpt only decorates the message; the status is the failure.
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return excerptOf(text);
+}
+
+function excerptOf(text: string): string {
+  const flat = text.replace(/\s+/g, ' ').trim();
+  return flat.length > MAX_EXCERPT_CHARS ? `${flat.slice(0, MAX_EXCERPT_CHARS)}…` : flat;
+}

@@ -1,0 +1,177 @@
+/**
+ * A fake external agent: a real HTTP server on 127.0.0.1 that answers `POST /chat`
+ * with Server-Sent Events the way a KOOZIE_AGENT_URI agent does, and misbehaves on
+ * request (errors, hangs, garbage, dropped connections). Tests and benchmarks use
+ * it so the agent client is exercised over real sockets, never through mocks.
+ *
+ * @see ../../src/agent/agent-client.ts
+ * @see https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
+ */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setTimeout as delay } from 'node:timers/promises';
+
+/** The JSON body the agent client posts. */
+export interface FakeAgentRequest {
+  message: string;
+  history: Array<{ role: 'user' | 'assistant'; content: string }>;
+  callSid: string;
+  session_id?: string;
+}
+
+export type FakeAgentBehaviour =
+  /** Streams the answer in word groups: `data: {"text":"..."}`, then closes. */
+  | {
+      kind: 'reply';
+      /** Default: `Agent heard: <message> (history: <entries>)`. */
+      answer?: (request: FakeAgentRequest) => string;
+      firstChunkDelayMs?: number;
+      chunkDelayMs?: number;
+      /** Words per chunk; default 2. */
+      chunkWords?: number;
+    }
+  /** Sends each string as one event's `data`, verbatim (pings, `[DONE]`, odd JSON). */
+  | { kind: 'events'; data: string[]; delayMs?: number; /** Keep the stream open afterwards until `close()`. */ keepOpen?: boolean }
+  | { kind: 'status'; status: number; body?: string }
+  /** Reads the request and never answers. */
+  | { kind: 'hang' }
+  /** Sends one chunk, then nothing, never ending the response. */
+  | { kind: 'hang-after-first-chunk' }
+  /** `data: not json`. */
+  | { kind: 'malformed' }
+  /** Sends one chunk, then destroys the socket. */
+  | { kind: 'close-mid-stream' };
+
+export type FakeAgentScript = FakeAgentBehaviour | ((request: FakeAgentRequest) => FakeAgentBehaviour);
+
+export interface FakeAgent {
+  /** Base URL, as KOOZIE_AGENT_URI would be. */
+  url: string;
+  /** Every parsed JSON body received, in order. */
+  requests: FakeAgentRequest[];
+  /** Every `text` sent so far, in order, across requests: lets a test see what the agent had sent when. */
+  sentChunks: string[];
+  setBehaviour(behaviour: FakeAgentScript): void;
+  /** Stops listening and destroys open connections, hanging ones included. */
+  close(): Promise<void>;
+}
+
+export function defaultAnswer(request: FakeAgentRequest): string {
+  return `Agent heard: ${request.message} (history: ${request.history.length})`;
+}
+
+export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = {}): Promise<FakeAgent> {
+  let script: FakeAgentScript = options.behaviour ?? { kind: 'reply' };
+  const requests: FakeAgentRequest[] = [];
+  const sentChunks: string[] = [];
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch(() => res.destroy());
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (req.method !== 'POST' || req.url !== '/chat') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+      return;
+    }
+    let request: FakeAgentRequest;
+    try {
+      request = JSON.parse(await readBody(req)) as FakeAgentRequest;
+    } catch {
+      res.writeHead(400, { 'content-type': 'text/plain' }).end('body is not JSON');
+      return;
+    }
+    requests.push(request);
+    const behaviour = typeof script === 'function' ? script(request) : script;
+    const live = (): boolean => !res.destroyed;
+    const startStream = (): void => {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+      res.flushHeaders();
+    };
+    const sendText = (text: string): void => {
+      sentChunks.push(text);
+      res.write(`data: ${JSON.stringify({ text })}\n\n`);
+    };
+
+    switch (behaviour.kind) {
+      case 'reply': {
+        const chunks = chunkWords((behaviour.answer ?? defaultAnswer)(request), behaviour.chunkWords ?? 2);
+        if (behaviour.firstChunkDelayMs) await delay(behaviour.firstChunkDelayMs);
+        if (!live()) return;
+        startStream();
+        for (const [index, chunk] of chunks.entries()) {
+          if (index > 0 && behaviour.chunkDelayMs) await delay(behaviour.chunkDelayMs);
+          if (!live()) return;
+          sendText(chunk);
+        }
+        res.end();
+        return;
+      }
+      case 'events': {
+        startStream();
+        for (const data of behaviour.data) {
+          if (behaviour.delayMs) await delay(behaviour.delayMs);
+          if (!live()) return;
+          res.write(`data: ${data}\n\n`);
+        }
+        if (!behaviour.keepOpen) res.end();
+        return;
+      }
+      case 'status':
+        res.writeHead(behaviour.status, { 'content-type': 'text/plain' }).end(behaviour.body ?? `fake agent error ${behaviour.status}`);
+        return;
+      case 'hang':
+        return;
+      case 'hang-after-first-chunk':
+        startStream();
+        sendText(chunkWords(defaultAnswer(request), 2)[0] ?? 'Agent');
+        return;
+      case 'malformed':
+        startStream();
+        res.end('data: not json\n\n');
+        return;
+      case 'close-mid-stream':
+        startStream();
+        sendText(chunkWords(defaultAnswer(request), 2)[0] ?? 'Agent');
+        // Let the chunk reach the client before the connection dies without a final chunk.
+        await delay(30);
+        res.socket?.destroy();
+        return;
+    }
+  }
+
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    sentChunks,
+    setBehaviour(behaviour) {
+      script = behaviour;
+    },
+    close() {
+      return new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  };
+}
+
+/** Splits an answer into groups of words; concatenated, the chunks give the answer back. */
+function chunkWords(answer: string, wordsPerChunk: number): string[] {
+  const words = answer.split(' ');
+  const chunks: string[] = [];
+  for (let start = 0; start < words.length; start += wordsPerChunk) {
+    const end = start + wordsPerChunk;
+    chunks.push(words.slice(start, end).join(' ') + (end < words.length ? ' ' : ''));
+  }
+  return chunks;
+}
+
+async function readBody(req: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
