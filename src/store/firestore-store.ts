@@ -1,0 +1,275 @@
+/**
+ * The production call store: Cloud Firestore, shared by every Cloud Run instance.
+ *
+ * Two documents per call, always written together in one atomic commit:
+ *
+ * - `calls/{callSid}` — the call: `revision`, `record` (a native map, so it can be
+ *   queried and read in the console), top-level `startedAt`, `from`, `to` and
+ *   `numbers` (`[from, to]`, for `array-contains`), `responses` (the remembered
+ *   TwiML as an ordered array of `{ key, body }`: keys are idempotency tokens or
+ *   request fingerprints, which Firestore field paths would choke on, and the
+ *   array keeps the oldest-first order `rememberResponse` trims by) and `updatedAt`.
+ * - `callSnapshots/{callSid}` — the XState snapshot as a JSON string (snapshots
+ *   hold nested arrays and arbitrary keys, which Firestore maps and arrays do not
+ *   allow), the `revision` it belongs to, `updatedAt` and `expireAt`.
+ *
+ * `expireAt` (a Timestamp, `updatedAt + snapshotTtlMs`) is the field of a
+ * Firestore TTL policy. TTL deletes a whole document, never a field, which is why
+ * the snapshot has its own document: the policy drops snapshots of old calls while
+ * their records stay. TTL deletion runs eventually (typically within a day of
+ * `expireAt`), so `load` may still see an expired snapshot for a while;
+ * `expireSnapshots` does the same deletion on demand (tests, the emulator, which has
+ * no TTL).
+ *
+ * `firestore.indexes.json` at the repository root (`firebase deploy --only
+ * firestore:indexes`) holds the composite index `listRecords` needs for a number
+ * (`numbers` CONTAINS + `startedAt` DESCENDING), the TTL policy on
+ * `callSnapshots.expireAt` (or `gcloud firestore fields ttls update expireAt
+ * --collection-group=callSnapshots --enable-ttl`), and index exemptions for the
+ * fields never queried (snapshot string, responses, record turns and path).
+ *
+ * A document is at most 1 MiB: the call document carries the record (all turns)
+ * and the snapshot document the snapshot, which also holds the turns, so a call
+ * has room for a few hundred turns.
+ *
+ * The emulator is chosen by `FIRESTORE_EMULATOR_HOST`, which the client library
+ * reads itself; tests pass their own client instead.
+ *
+ * @see https://cloud.google.com/firestore/docs/manage-data/transactions
+ * @see https://firebase.google.com/docs/firestore/transaction-data-contention
+ * @see https://cloud.google.com/firestore/docs/ttl
+ * @see https://cloud.google.com/firestore/quotas#limits
+ */
+import { Firestore, GrpcStatus, Timestamp, type CollectionReference, type Query } from '@google-cloud/firestore';
+import {
+  rememberResponse,
+  type CallRecord,
+  type CallStore,
+  type CommitRequest,
+  type CommitResult,
+  type RecordQuery,
+  type StoredCall,
+} from './call-store.ts';
+
+export interface FirestoreCallStoreOptions {
+  projectId: string;
+  /** Collection of call documents. */
+  collection?: string;
+  /** Collection of snapshot documents (the one with the TTL policy). */
+  snapshotCollection?: string;
+  /** How long a snapshot outlives its last commit before the TTL policy may drop it. */
+  snapshotTtlMs?: number;
+  /** A ready client (tests, emulator); by default one is built for `projectId`. */
+  firestore?: Firestore;
+}
+
+interface CallDocument {
+  revision: number;
+  record: CallRecord;
+  startedAt: number;
+  from: string;
+  to: string;
+  numbers: string[];
+  responses: Array<{ key: string; body: string }>;
+  updatedAt: number;
+}
+
+interface SnapshotDocument {
+  revision: number;
+  snapshot: string;
+  updatedAt: number;
+  expireAt: Timestamp;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+/**
+ * Attempts of one commit transaction. Contention on a call means another webhook
+ * of the same call is committing; the first retry normally reads its revision and
+ * answers a conflict. One attempt is not enough: on a lock conflict every
+ * contender can be aborted (seen on the emulator with 10 at once), and then nobody
+ * would win. Three keep the worst case (backoffs of ~1 s and ~1.5 s) well inside
+ * Twilio's 15 s.
+ */
+const COMMIT_ATTEMPTS = 3;
+/** Snapshot documents deleted per transaction (a commit takes at most 500 writes). */
+const EXPIRE_PAGE = 250;
+const HEALTH_TIMEOUT_MS = 2_000;
+
+export class FirestoreCallStore implements CallStore {
+  readonly kind = 'firestore';
+  readonly #firestore: Firestore;
+  readonly #calls: CollectionReference;
+  readonly #snapshots: CollectionReference;
+  readonly #snapshotTtlMs: number;
+  #closed = false;
+
+  constructor({
+    projectId,
+    collection = 'calls',
+    snapshotCollection = 'callSnapshots',
+    snapshotTtlMs = DAY_MS,
+    firestore,
+  }: FirestoreCallStoreOptions) {
+    this.#firestore = firestore ?? new Firestore({ projectId });
+    this.#calls = this.#firestore.collection(collection);
+    this.#snapshots = this.#firestore.collection(snapshotCollection);
+    this.#snapshotTtlMs = snapshotTtlMs;
+  }
+
+  async load(callSid: string): Promise<StoredCall | null> {
+    // One BatchGetDocuments: both documents come from one consistent read, so the
+    // snapshot belongs to the revision read with it.
+    const [call, snapshot] = await this.#firestore.getAll(this.#calls.doc(callSid), this.#snapshots.doc(callSid));
+    if (!call?.exists) return null;
+    const data = call.data() as CallDocument;
+    const stored = snapshot?.exists ? (snapshot.data() as SnapshotDocument) : undefined;
+    return {
+      callSid,
+      revision: data.revision,
+      snapshot: stored ? JSON.parse(stored.snapshot) : null,
+      record: data.record,
+      responses: Object.fromEntries(data.responses.map((r) => [r.key, r.body])),
+      updatedAt: data.updatedAt,
+    };
+  }
+
+  async commit(request: CommitRequest): Promise<CommitResult> {
+    const { callSid, expectedRevision, now } = request;
+    const callRef = this.#calls.doc(callSid);
+    const snapshotRef = this.#snapshots.doc(callSid);
+    const snapshot: SnapshotDocument = {
+      revision: expectedRevision + 1,
+      snapshot: JSON.stringify(request.snapshot),
+      updatedAt: now,
+      expireAt: Timestamp.fromMillis(now + this.#snapshotTtlMs),
+    };
+
+    if (expectedRevision === 0) {
+      // Relies on: `create` fails with ALREADY_EXISTS when the document exists, and
+      // a batch commits all of its writes or none. Of two webhooks creating the same
+      // call, the second fails whole and leaves the first one's snapshot alone.
+      const batch = this.#firestore.batch();
+      batch.create(callRef, callDocument(request, 1, rememberResponse({}, request.response)));
+      batch.set(snapshotRef, snapshot);
+      try {
+        await batch.commit();
+        return { ok: true, revision: 1 };
+      } catch (error) {
+        if (grpcCode(error) === GrpcStatus.ALREADY_EXISTS) return { ok: false, reason: 'conflict' };
+        throw error;
+      }
+    }
+
+    // Relies on: transactions are serializable. A transaction commits only if the
+    // documents it read are unchanged at commit, whatever the database's
+    // concurrency mode (pessimistic: reads lock the document, the default on
+    // Standard edition; optimistic: reads are validated at commit). Of concurrent
+    // commits of one call, the others fail with ABORTED and the client runs this
+    // function again after a backoff (~1 s, jittered); the retry reads the winner's
+    // revision and answers a conflict. So the revision check and the remembered
+    // responses come from the very version this write replaces. The emulator locks
+    // like pessimistic mode and breaks a contended lock after ~2 s.
+    try {
+      return await this.#firestore.runTransaction(
+        async (transaction): Promise<CommitResult> => {
+          const current = await transaction.get(callRef);
+          const data = current.data() as CallDocument | undefined;
+          if (!data || data.revision !== expectedRevision) return { ok: false, reason: 'conflict' };
+          const remembered = Object.fromEntries(data.responses.map((r) => [r.key, r.body]));
+          transaction.set(callRef, callDocument(request, expectedRevision + 1, rememberResponse(remembered, request.response)));
+          transaction.set(snapshotRef, snapshot);
+          return { ok: true, revision: expectedRevision + 1 };
+        },
+        { maxAttempts: COMMIT_ATTEMPTS },
+      );
+    } catch (error) {
+      // Still contended after every attempt: concurrent commits of this call kept
+      // winning. Nothing was written; the caller reloads and recomputes as for any
+      // conflict.
+      if (grpcCode(error) === GrpcStatus.ABORTED) return { ok: false, reason: 'conflict' };
+      throw error;
+    }
+  }
+
+  async getRecord(callSid: string): Promise<CallRecord | null> {
+    const call = await this.#calls.doc(callSid).get();
+    return call.exists ? (call.get('record') as CallRecord) : null;
+  }
+
+  async listRecords(query: RecordQuery): Promise<CallRecord[]> {
+    let q: Query = this.#calls;
+    if (query.since !== undefined) q = q.where('startedAt', '>=', query.since);
+    if (query.until !== undefined) q = q.where('startedAt', '<', query.until);
+    // With a number this needs the composite index (numbers CONTAINS, startedAt
+    // DESCENDING) from firestore.indexes.json on real Firestore; the emulator and
+    // the time-only query (single-field index) need none.
+    if (query.number !== undefined) q = q.where('numbers', 'array-contains', query.number);
+    const limit = Math.min(Math.max(query.limit ?? 100, 1), 1000);
+    const page = await q.orderBy('startedAt', 'desc').limit(limit).select('record').get();
+    return page.docs.map((doc) => doc.get('record') as CallRecord);
+  }
+
+  async expireSnapshots(before: number): Promise<number> {
+    // In production the TTL policy on `expireAt` does this. Each page is deleted in a
+    // transaction so a snapshot committed after the query read it is not deleted.
+    const stale = this.#snapshots.where('updatedAt', '<', before).limit(EXPIRE_PAGE);
+    let deleted = 0;
+    for (;;) {
+      const count = await this.#firestore.runTransaction(async (transaction) => {
+        const page = await transaction.get(stale);
+        for (const doc of page.docs) transaction.delete(doc.ref);
+        return page.size;
+      });
+      deleted += count;
+      if (count < EXPIRE_PAGE) return deleted;
+    }
+  }
+
+  async healthy(): Promise<boolean> {
+    // After terminate() a read neither settles nor fails cleanly; a closed store is unhealthy.
+    if (this.#closed) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), HEALTH_TIMEOUT_MS);
+    });
+    // One document read; a missing document is still an answer.
+    const read = this.#calls
+      .doc('_health')
+      .get()
+      .then(
+        () => true,
+        () => false,
+      );
+    try {
+      return await Promise.race([read, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#firestore.terminate();
+  }
+}
+
+function callDocument(request: CommitRequest, revision: number, responses: Record<string, string>): CallDocument {
+  // Through JSON, as the embedded store stores it: `undefined` fields vanish (the
+  // client rejects them) and only plain data reaches Firestore.
+  const record = JSON.parse(JSON.stringify(request.record)) as CallRecord;
+  return {
+    revision,
+    record,
+    startedAt: record.startedAt,
+    from: record.from,
+    to: record.to,
+    numbers: [...new Set([record.from, record.to])],
+    responses: Object.entries(responses).map(([key, body]) => ({ key, body })),
+    updatedAt: request.now,
+  };
+}
+
+function grpcCode(error: unknown): unknown {
+  return typeof error === 'object' && error !== null && 'code' in error ? error.code : undefined;
+}
