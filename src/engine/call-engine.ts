@@ -19,12 +19,17 @@
  *    process ("live") and commits when it settles; the next webhook (`/continue`)
  *    picks the result up.
  *
- * A working state in the store with no live actor here was left by a process that
- * died: the engine adopts it (restoring restarts the invoked actor).
+ * Instances share the work through a lease: while an actor works, its instance
+ * records itself as the call's `worker` and renews that every LEASE_RENEW_MS. A
+ * webhook landing on another instance meanwhile waits for the owner's result (and
+ * answers with a hold if it takes longer than the webhook deadline) instead of
+ * running the agent again. A working state whose lease has lapsed was left by a
+ * process that died: the engine adopts it (restoring restarts the invoked actor).
  *
  * @see https://github.com/statelyai/xstate/blob/main/packages/core/src/transition.ts
  * @see https://github.com/statelyai/xstate/issues/5331 (why deadlines live in context)
  */
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
   createActor,
@@ -90,11 +95,17 @@ type CallActor = Actor<CallMachine>;
 interface Live {
   actor: CallActor;
   revision: number;
+  renewal?: ReturnType<typeof setInterval>;
 }
 
 const MAX_ATTEMPTS = 4;
 /** After HOLD, a moment for a fallback (already-synthesised apology) to settle. */
 const AFTER_HOLD_MS = 300;
+/** How long a worker's claim on a turn holds without renewal, and how often it renews. */
+export const LEASE_MS = 4_000;
+const LEASE_RENEW_MS = 1_500;
+/** How often a webhook waiting on another instance's turn looks at the store. */
+const OWNER_POLL_MS = 50;
 
 export class CallEngine {
   readonly machine: CallMachine;
@@ -102,6 +113,8 @@ export class CallEngine {
   readonly #now: () => number;
   readonly #live = new Map<string, Live>();
   readonly #locks = new Map<string, Promise<unknown>>();
+  /** This engine's name in leases. */
+  readonly instanceId = randomUUID();
 
   constructor(options: EngineOptions) {
     this.#options = options;
@@ -138,8 +151,7 @@ export class CallEngine {
   }
 
   stop(): void {
-    for (const live of this.#live.values()) live.actor.stop();
-    this.#live.clear();
+    for (const [callSid, live] of this.#live) this.#dropLive(callSid, live);
   }
 
   #step(
@@ -151,6 +163,10 @@ export class CallEngine {
     return this.#withLock(callSid, async () => {
       for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
         const answer = await this.#attempt(callSid, request, event, start);
+        if (answer === 'reload') {
+          attempt--; // the owner finished its turn: not a conflict, just look again
+          continue;
+        }
         if (answer !== 'conflict') return answer;
         this.#options.log.debug({ callSid, attempt }, 'commit lost to a concurrent webhook; reloading');
       }
@@ -163,7 +179,7 @@ export class CallEngine {
     request: EngineRequest,
     event: CallEvent | undefined,
     start: CallStartInfo | undefined,
-  ): Promise<EngineAnswer | 'conflict'> {
+  ): Promise<EngineAnswer | 'conflict' | 'reload'> {
     const stored = await this.#options.store.load(callSid);
     const replay = request.key ? stored?.responses[request.key] : undefined;
     if (replay !== undefined) return { kind: 'replay', body: replay };
@@ -191,8 +207,14 @@ export class CallEngine {
     } else {
       if (stored.snapshot === null) return { kind: 'unknown' };
       current = this.machine.resolveState(stored.snapshot as Parameters<CallMachine['resolveState']>[0]);
-      if (isWorking(current)) return this.#adopt(stored, event, request);
       next = event ? transition(this.machine, current, event)[0] : current;
+      if (isWorking(current) && (next === current || isWorking(next))) {
+        const worker = stored.record.worker;
+        if (worker && worker.instance !== this.instanceId && worker.until > this.#now()) {
+          return this.#waitForOwner(stored, current);
+        }
+        return this.#adopt(stored, event, request);
+      }
     }
 
     const expectedRevision = stored?.revision ?? 0;
@@ -212,7 +234,24 @@ export class CallEngine {
     return this.#settleAndCommit(callSid, this.#goLive(callSid, persisted, claimed), request);
   }
 
-  /** A working state nobody here is running: its process died. Restoring restarts the work. */
+  /**
+   * Another live instance is running this call's turn: wait for its result rather
+   * than run the agent twice. Past the webhook deadline the caller is kept on hold
+   * (nothing is committed; the owner still owns the turn).
+   */
+  async #waitForOwner(stored: StoredCall, current: CallSnapshot): Promise<EngineAnswer | 'reload'> {
+    const until = this.#now() + this.#options.webhookDeadlineMs;
+    while (this.#now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, OWNER_POLL_MS));
+      const latest = await this.#options.store.load(stored.callSid);
+      if (!latest || latest.revision !== stored.revision) return 'reload';
+    }
+    const view = viewOf(current);
+    const held: CallView = { ...view, context: { ...view.context, holds: view.context.holds + 1 } };
+    return { kind: 'answer', body: this.#options.render(held), view: held };
+  }
+
+  /** A working state nobody is running any more: its process died. Restoring restarts the work. */
   #adopt(stored: StoredCall, event: CallEvent | undefined, request: EngineRequest) {
     this.#options.log.warn({ callSid: stored.callSid, state: stored.record.state }, 'resuming a call left mid-turn');
     const live = this.#goLive(stored.callSid, stored.snapshot, stored.revision);
@@ -232,7 +271,25 @@ export class CallEngine {
       error: (error) => this.#options.log.error({ callSid, err: error }, 'call actor failed'),
     });
     actor.start();
+    live.renewal = setInterval(() => void this.#renewLease(callSid, live), LEASE_RENEW_MS);
+    live.renewal.unref();
     return live;
+  }
+
+  /** Keeps this instance's claim on a turn that is still working. */
+  #renewLease(callSid: string, live: Live): Promise<unknown> {
+    return this.#withLock(callSid, async () => {
+      if (this.#live.get(callSid) !== live) return;
+      const snapshot = live.actor.getSnapshot();
+      if (!isWorking(snapshot)) return;
+      const revision = await this.#commit(callSid, live.revision, snapshot, {}, undefined);
+      if (revision === undefined) {
+        this.#options.log.warn({ callSid }, 'lost the lease on a turn: another instance moved the call on');
+        this.#dropLive(callSid, live);
+      } else {
+        live.revision = revision;
+      }
+    }).catch((error: unknown) => this.#options.log.warn({ callSid, err: error }, 'could not renew a turn lease'));
   }
 
   async #settleAndCommit(callSid: string, live: Live, request: EngineRequest): Promise<EngineAnswer | 'conflict'> {
@@ -270,6 +327,7 @@ export class CallEngine {
 
   #dropLive(callSid: string, live: Live) {
     if (this.#live.get(callSid) === live) this.#live.delete(callSid);
+    clearInterval(live.renewal);
     live.actor.stop();
   }
 
@@ -285,7 +343,7 @@ export class CallEngine {
       callSid,
       expectedRevision,
       snapshot: this.machine.getPersistedSnapshot(snapshot),
-      record: recordOf(snapshot),
+      record: recordOf(snapshot, isWorking(snapshot) ? { instance: this.instanceId, until: this.#now() + LEASE_MS } : undefined),
       ...(request.key && body !== undefined ? { response: { key: request.key, body } } : {}),
       now: this.#now(),
     });
@@ -373,7 +431,7 @@ function viewOf(snapshot: CallSnapshot): CallView {
   return { state: stateName(snapshot.value), context: snapshot.context };
 }
 
-export function recordOf(snapshot: CallSnapshot): CallRecord {
+export function recordOf(snapshot: CallSnapshot, worker?: CallRecord['worker']): CallRecord {
   const c = snapshot.context;
   const record: CallRecord = {
     callSid: c.callSid,
@@ -389,5 +447,6 @@ export function recordOf(snapshot: CallSnapshot): CallRecord {
   if (c.durationSec !== undefined) record.durationSec = c.durationSec;
   if (c.endReason !== undefined) record.endReason = c.endReason;
   if (c.lastError !== undefined) record.lastError = c.lastError;
+  if (worker) record.worker = worker;
   return record;
 }

@@ -27,6 +27,12 @@ export interface CallRecord {
   turns: Turn[];
   path: PathStep[];
   lastError?: string;
+  /**
+   * While a turn is being worked on (agent, speech): the service instance running
+   * it and until when its lease holds. The owner renews it; past `until` another
+   * instance takes the turn over.
+   */
+  worker?: { instance: string; until: number };
 }
 
 export interface StoredCall {
