@@ -1,0 +1,92 @@
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, loadConfig, LOCAL_TOKEN_FILE } from '../src/config.ts';
+
+const dataDir = () => mkdtempSync(join(tmpdir(), 'heyai-config-'));
+
+function errorOf(env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    if (error instanceof ConfigError) return error;
+    throw error;
+  }
+  throw new Error('expected a configuration error');
+}
+
+describe('configuration', () => {
+  it('runs out of the box: port 8080, embedded store, local agent, a local signing token saved for the terminal phone', () => {
+    const dir = dataDir();
+    const config = loadConfig({ DATA_DIR: dir });
+    expect(config).toMatchObject({
+      port: 8080,
+      publicBaseUrl: 'http://localhost:8080',
+      callStore: 'sqlite',
+      agentUri: undefined,
+      elevenLabs: undefined,
+      twilioAuthTokenSource: 'local',
+    });
+    expect(config.twilioAuthToken).toMatch(/^[0-9a-f]{48}$/);
+    expect(readFileSync(join(dir, LOCAL_TOKEN_FILE), 'utf8').trim()).toBe(config.twilioAuthToken);
+    // The same token on the next start, so a running terminal phone keeps working.
+    expect(loadConfig({ DATA_DIR: dir }).twilioAuthToken).toBe(config.twilioAuthToken);
+  });
+
+  it('refuses to start in production without a Twilio token or with a plain-http public URL', () => {
+    expect(errorOf({ NODE_ENV: 'production', PUBLIC_BASE_URL: 'https://x.example' }).variable).toBe('TWILIO_AUTH_TOKEN');
+    expect(errorOf({ NODE_ENV: 'production', TWILIO_AUTH_TOKEN: 't', PUBLIC_BASE_URL: 'http://x.example' }).variable).toBe('PUBLIC_BASE_URL');
+    expect(errorOf({ NODE_ENV: 'production', TWILIO_AUTH_TOKEN: 't' }).variable).toBe('PUBLIC_BASE_URL');
+  });
+
+  it('names the variable in one line for each bad value', () => {
+    const dir = dataDir();
+    const cases: Array<[Record<string, string>, string]> = [
+      [{ PORT: 'eighty' }, 'PORT'],
+      [{ PORT: '70000' }, 'PORT'],
+      [{ PUBLIC_BASE_URL: 'not a url' }, 'PUBLIC_BASE_URL'],
+      [{ PUBLIC_BASE_URL: 'ftp://x.example' }, 'PUBLIC_BASE_URL'],
+      [{ KOOZIE_AGENT_URI: 'agent.local' }, 'KOOZIE_AGENT_URI'],
+      [{ ELEVENLABS_API_KEY: 'k' }, 'ELEVEN_VOICE_ID'],
+      [{ ELEVEN_VOICE_ID: 'v' }, 'ELEVENLABS_API_KEY'],
+      [{ ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v', ELEVEN_OUTPUT_FORMAT: 'pcm_16000' }, 'ELEVEN_OUTPUT_FORMAT'],
+      [{ CALL_STORE: 'postgres' }, 'CALL_STORE'],
+      [{ CALL_STORE: 'firestore' }, 'GCP_PROJECT_ID'],
+      [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
+      [{ ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN'],
+      [{ WEBHOOK_DEADLINE_MS: '14000' }, 'WEBHOOK_DEADLINE_MS'],
+    ];
+    for (const [env, variable] of cases) {
+      const error = errorOf({ DATA_DIR: dir, ...env });
+      expect(error.variable).toBe(variable);
+      expect(error.message.startsWith(`${variable}: `)).toBe(true);
+      expect(error.message).not.toContain('\n');
+    }
+  });
+
+  it('takes the operator settings as given', () => {
+    const config = loadConfig({
+      PORT: '9000',
+      PUBLIC_BASE_URL: 'https://voice.example.com/',
+      TWILIO_AUTH_TOKEN: 'token',
+      KOOZIE_AGENT_URI: 'https://agent.example.com',
+      ELEVENLABS_API_KEY: 'key',
+      ELEVEN_VOICE_ID: 'voice',
+      CALL_STORE: 'firestore',
+      GCP_PROJECT_ID: 'my-project',
+      GCP_REGION: 'europe-west1',
+      NODE_ENV: 'production',
+    });
+    expect(config).toMatchObject({
+      port: 9000,
+      publicBaseUrl: 'https://voice.example.com',
+      twilioAuthTokenSource: 'env',
+      agentUri: 'https://agent.example.com',
+      elevenLabs: { apiKey: 'key', voiceId: 'voice', baseUrl: 'https://api.elevenlabs.io', modelId: 'eleven_flash_v2_5' },
+      callStore: 'firestore',
+      gcpProjectId: 'my-project',
+      gcpRegion: 'europe-west1',
+    });
+  });
+});
