@@ -160,9 +160,12 @@ export class CallEngine {
     event: CallEvent | undefined,
     start: CallStartInfo | undefined,
   ): Promise<EngineAnswer> {
+    // One deadline for the whole webhook, whatever it waits on (this call's lock,
+    // another instance's turn, the agent) and however often it reloads.
+    const deadline = this.#now() + this.#options.webhookDeadlineMs;
     return this.#withLock(callSid, async () => {
       for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
-        const answer = await this.#attempt(callSid, request, event, start);
+        const answer = await this.#attempt(callSid, request, event, start, deadline);
         if (answer === 'reload') {
           attempt--; // the owner finished its turn: not a conflict, just look again
           continue;
@@ -179,6 +182,7 @@ export class CallEngine {
     request: EngineRequest,
     event: CallEvent | undefined,
     start: CallStartInfo | undefined,
+    deadline: number,
   ): Promise<EngineAnswer | 'conflict' | 'reload'> {
     const stored = await this.#options.store.load(callSid);
     const replay = request.key ? stored?.responses[request.key] : undefined;
@@ -192,7 +196,7 @@ export class CallEngine {
     }
     if (live) {
       if (event) live.actor.send(event);
-      return this.#settleAndCommit(callSid, live, request);
+      return this.#settleAndCommit(callSid, live, request, deadline);
     }
 
     let current: CallSnapshot;
@@ -211,9 +215,9 @@ export class CallEngine {
       if (isWorking(current) && (next === current || isWorking(next))) {
         const worker = stored.record.worker;
         if (worker && worker.instance !== this.instanceId && worker.until > this.#now()) {
-          return this.#waitForOwner(stored, current);
+          return this.#waitForOwner(stored, current, deadline);
         }
-        return this.#adopt(stored, event, request);
+        return this.#adopt(stored, event, request, deadline);
       }
     }
 
@@ -221,7 +225,9 @@ export class CallEngine {
     if (!isWorking(next)) {
       const view = viewOf(next);
       const body = this.#options.render(view);
-      if (stored && next === current) return { kind: 'answer', body, view };
+      // Nothing changed; still, with a key, the answer is stored (at the cost of a
+      // commit) so that a retry gets this very TwiML, audio-link expiry included.
+      if (stored && next === current && !request.key) return { kind: 'answer', body, view };
       const committed = await this.#commit(callSid, expectedRevision, next, request, body);
       return committed === undefined ? 'conflict' : { kind: 'answer', body, view };
     }
@@ -231,7 +237,7 @@ export class CallEngine {
     const persisted = this.machine.getPersistedSnapshot(next);
     const claimed = await this.#commit(callSid, expectedRevision, next, {}, undefined);
     if (claimed === undefined) return 'conflict';
-    return this.#settleAndCommit(callSid, this.#goLive(callSid, persisted, claimed), request);
+    return this.#settleAndCommit(callSid, this.#goLive(callSid, persisted, claimed), request, deadline);
   }
 
   /**
@@ -239,9 +245,10 @@ export class CallEngine {
    * than run the agent twice. Past the webhook deadline the caller is kept on hold
    * (nothing is committed; the owner still owns the turn).
    */
-  async #waitForOwner(stored: StoredCall, current: CallSnapshot): Promise<EngineAnswer | 'reload'> {
-    const until = this.#now() + this.#options.webhookDeadlineMs;
-    while (this.#now() < until) {
+  async #waitForOwner(stored: StoredCall, current: CallSnapshot, deadline: number): Promise<EngineAnswer | 'reload'> {
+    // The webhook's deadline, not a fresh one: the owner's lease renewals reload
+    // this wait every LEASE_RENEW_MS, and must not keep Twilio waiting past it.
+    while (this.#now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, OWNER_POLL_MS));
       const latest = await this.#options.store.load(stored.callSid);
       if (!latest || latest.revision !== stored.revision) return 'reload';
@@ -252,11 +259,11 @@ export class CallEngine {
   }
 
   /** A working state nobody is running any more: its process died. Restoring restarts the work. */
-  #adopt(stored: StoredCall, event: CallEvent | undefined, request: EngineRequest) {
+  #adopt(stored: StoredCall, event: CallEvent | undefined, request: EngineRequest, deadline: number) {
     this.#options.log.warn({ callSid: stored.callSid, state: stored.record.state }, 'resuming a call left mid-turn');
     const live = this.#goLive(stored.callSid, stored.snapshot, stored.revision);
     if (event) live.actor.send(event);
-    return this.#settleAndCommit(stored.callSid, live, request);
+    return this.#settleAndCommit(stored.callSid, live, request, deadline);
   }
 
   #goLive(callSid: string, snapshot: unknown, revision: number): Live {
@@ -292,8 +299,14 @@ export class CallEngine {
     }).catch((error: unknown) => this.#options.log.warn({ callSid, err: error }, 'could not renew a turn lease'));
   }
 
-  async #settleAndCommit(callSid: string, live: Live, request: EngineRequest): Promise<EngineAnswer | 'conflict'> {
-    let snapshot = await settle(live.actor, this.#options.webhookDeadlineMs);
+  async #settleAndCommit(
+    callSid: string,
+    live: Live,
+    request: EngineRequest,
+    deadline: number,
+  ): Promise<EngineAnswer | 'conflict'> {
+    let snapshot = await this.#settleKeepingLease(callSid, live, deadline);
+    if (snapshot === undefined) return 'conflict';
     if (isWorking(snapshot)) {
       live.actor.send({ type: 'HOLD', at: this.#now() });
       snapshot = await settle(live.actor, AFTER_HOLD_MS);
@@ -308,6 +321,26 @@ export class CallEngine {
     live.revision = revision;
     if (!isWorking(snapshot)) this.#dropLive(callSid, live);
     return { kind: 'answer', body, view };
+  }
+
+  /**
+   * Waits until the actor settles or the webhook deadline passes. The webhook holds
+   * the call's lock all along, which keeps the interval renewal out: the lease is
+   * renewed here instead, or a deadline longer than the lease would let another
+   * instance adopt a turn still running here. Undefined: the lease was lost.
+   */
+  async #settleKeepingLease(callSid: string, live: Live, deadline: number): Promise<CallSnapshot | undefined> {
+    for (;;) {
+      const remaining = deadline - this.#now();
+      const snapshot = await settle(live.actor, Math.max(0, Math.min(remaining, LEASE_RENEW_MS)));
+      if (!isWorking(snapshot) || remaining <= LEASE_RENEW_MS) return snapshot;
+      const revision = await this.#commit(callSid, live.revision, snapshot, {}, undefined);
+      if (revision === undefined) {
+        this.#dropLive(callSid, live);
+        return undefined;
+      }
+      live.revision = revision;
+    }
   }
 
   /** A live actor settled after its webhook answered: store the result for the next webhook. */

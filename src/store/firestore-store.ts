@@ -28,6 +28,12 @@
  * --collection-group=callSnapshots --enable-ttl`), and index exemptions for the
  * fields never queried (snapshot string, responses, record turns and path).
  *
+ * `commit` is the compare-and-set on `revision`. Creating a call relies on
+ * `create` failing when the document exists; every later commit reads the call
+ * document and writes it back with an update precondition on the update time it
+ * read. Both write the two documents in one batch, which is atomic. No commit
+ * takes a lock, so a losing webhook learns it lost at once.
+ *
  * A document is at most 1 MiB: the call document carries the record (all turns)
  * and the snapshot document the snapshot, which also holds the turns, so a call
  * has room for a few hundred turns.
@@ -35,12 +41,13 @@
  * The emulator is chosen by `FIRESTORE_EMULATOR_HOST`, which the client library
  * reads itself; tests pass their own client instead.
  *
- * @see https://cloud.google.com/firestore/docs/manage-data/transactions
+ * @see https://cloud.google.com/firestore/docs/manage-data/transactions#batched-writes
+ * @see https://cloud.google.com/firestore/docs/reference/rest/v1/Precondition
  * @see https://firebase.google.com/docs/firestore/transaction-data-contention
  * @see https://cloud.google.com/firestore/docs/ttl
  * @see https://cloud.google.com/firestore/quotas#limits
  */
-import { Firestore, GrpcStatus, Timestamp, type CollectionReference, type Query } from '@google-cloud/firestore';
+import { Firestore, Timestamp, type CollectionReference, type Query } from '@google-cloud/firestore';
 import {
   rememberResponse,
   type CallRecord,
@@ -83,14 +90,14 @@ interface SnapshotDocument {
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 /**
- * Attempts of one commit transaction. Contention on a call means another webhook
- * of the same call is committing; the first retry normally reads its revision and
- * answers a conflict. One attempt is not enough: on a lock conflict every
- * contender can be aborted (seen on the emulator with 10 at once), and then nobody
- * would win. Three keep the worst case (backoffs of ~1 s and ~1.5 s) well inside
- * Twilio's 15 s.
+ * The gRPC status codes the client's errors carry. Not the package's `GrpcStatus`:
+ * it is a getter on the CommonJS exports that Node's ESM loader does not expose as
+ * a named export, so importing it stops `node src/server.ts` at start.
+ * @see https://grpc.github.io/grpc/core/md_doc_statuscodes.html
  */
-const COMMIT_ATTEMPTS = 3;
+const GRPC_NOT_FOUND = 5;
+const GRPC_ALREADY_EXISTS = 6;
+const GRPC_FAILED_PRECONDITION = 9;
 /** Snapshot documents deleted per transaction (a commit takes at most 500 writes). */
 const EXPIRE_PAGE = 250;
 const HEALTH_TIMEOUT_MS = 2_000;
@@ -155,38 +162,42 @@ export class FirestoreCallStore implements CallStore {
         await batch.commit();
         return { ok: true, revision: 1 };
       } catch (error) {
-        if (grpcCode(error) === GrpcStatus.ALREADY_EXISTS) return { ok: false, reason: 'conflict' };
+        if (grpcCode(error) === GRPC_ALREADY_EXISTS) return { ok: false, reason: 'conflict' };
         throw error;
       }
     }
 
-    // Relies on: transactions are serializable. A transaction commits only if the
-    // documents it read are unchanged at commit, whatever the database's
-    // concurrency mode (pessimistic: reads lock the document, the default on
-    // Standard edition; optimistic: reads are validated at commit). Of concurrent
-    // commits of one call, the others fail with ABORTED and the client runs this
-    // function again after a backoff (~1 s, jittered); the retry reads the winner's
-    // revision and answers a conflict. So the revision check and the remembered
-    // responses come from the very version this write replaces. The emulator locks
-    // like pessimistic mode and breaks a contended lock after ~2 s.
+    // Relies on: an update precondition on `updateTime` is checked by the server
+    // atomically with the write, and a batch commits all of its writes or none.
+    // The read says which version of the call document this commit replaces; the
+    // batch then updates that document only if it is still that very version
+    // (`lastUpdateTime`; every commit changes `revision`, so it gives the document a
+    // new update time: a write that changes nothing would keep the old one), and sets
+    // the snapshot in the same atomic commit. Of two commits computed from the same
+    // revision, the second fails whole with FAILED_PRECONDITION (or NOT_FOUND if the
+    // document is gone) and writes nothing: a conflict, the caller reloads. So the
+    // revision check and the remembered responses come from the version this write
+    // replaces, as in a transaction, but no document lock is taken: losers fail at
+    // once instead of waiting out lock contention and the client's backoff (a
+    // transaction under contention took seconds on the emulator; see
+    // docs/firestore.md).
+    const current = await callRef.get();
+    const data = current.data() as CallDocument | undefined;
+    if (!data || data.revision !== expectedRevision || !current.updateTime) {
+      return { ok: false, reason: 'conflict' };
+    }
+    const remembered = Object.fromEntries(data.responses.map((r) => [r.key, r.body]));
+    const batch = this.#firestore.batch();
+    batch.update(callRef, { ...callDocument(request, expectedRevision + 1, rememberResponse(remembered, request.response)) }, {
+      lastUpdateTime: current.updateTime,
+    });
+    batch.set(snapshotRef, snapshot);
     try {
-      return await this.#firestore.runTransaction(
-        async (transaction): Promise<CommitResult> => {
-          const current = await transaction.get(callRef);
-          const data = current.data() as CallDocument | undefined;
-          if (!data || data.revision !== expectedRevision) return { ok: false, reason: 'conflict' };
-          const remembered = Object.fromEntries(data.responses.map((r) => [r.key, r.body]));
-          transaction.set(callRef, callDocument(request, expectedRevision + 1, rememberResponse(remembered, request.response)));
-          transaction.set(snapshotRef, snapshot);
-          return { ok: true, revision: expectedRevision + 1 };
-        },
-        { maxAttempts: COMMIT_ATTEMPTS },
-      );
+      await batch.commit();
+      return { ok: true, revision: expectedRevision + 1 };
     } catch (error) {
-      // Still contended after every attempt: concurrent commits of this call kept
-      // winning. Nothing was written; the caller reloads and recomputes as for any
-      // conflict.
-      if (grpcCode(error) === GrpcStatus.ABORTED) return { ok: false, reason: 'conflict' };
+      const code = grpcCode(error);
+      if (code === GRPC_FAILED_PRECONDITION || code === GRPC_NOT_FOUND) return { ok: false, reason: 'conflict' };
       throw error;
     }
   }
