@@ -74,6 +74,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     publicBaseUrl: config.publicBaseUrl,
     twilioAuthToken: config.twilioAuthToken,
     audioUrlTtlSec: config.audioUrlTtlSec,
+    adminToken: config.adminToken,
     log,
     now,
   });

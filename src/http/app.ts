@@ -16,6 +16,7 @@ import Fastify, { LogController, type FastifyReply, type FastifyRequest } from '
 import type { Logger } from 'pino';
 import { validateRequest } from 'twilio/lib/webhooks/webhooks.js';
 import { PHRASES, type PhraseName } from '../../machines/call.machine.ts';
+import { adminRoutes } from '../admin/admin-routes.ts';
 import type { CallEngine, EngineAnswer } from '../engine/call-engine.ts';
 import { replyAudioId } from '../engine/call-engine.ts';
 import type { AudioUrlSigner } from '../speech/audio-url.ts';
@@ -45,6 +46,8 @@ export interface AppOptions {
   sayVoice?: string;
   /** Largest request body accepted, bytes (Twilio's forms are a few KB). */
   bodyLimit?: number;
+  /** Bearer token for /admin; undefined turns the admin console off. */
+  adminToken?: string | undefined;
 }
 
 declare module 'fastify' {
@@ -67,6 +70,7 @@ export function buildApp(options: AppOptions) {
   });
 
   app.register(formbody);
+  app.register(adminRoutes, { prefix: '/admin', store: options.store, adminToken: options.adminToken, now });
 
   app.addHook('preHandler', async (request, reply) => {
     if (!request.routeOptions.config.twilioWebhook) return;

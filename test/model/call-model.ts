@@ -1,0 +1,137 @@
+/**
+ * The call machine as a test model for `xstate/graph`.
+ *
+ * `createTestModel` walks a machine with pure transitions and refuses invoked
+ * actors. The model is therefore the call machine's own definition with each
+ * `invoke` turned into the events its actor would send: `xstate.done.actor.agent`
+ * / `xstate.error.actor.agent` for the agent, `...voice` for speech. States,
+ * guards and actions are the machine's, untouched; only who sends those events
+ * changes (here the path, in the service the invoked actors).
+ *
+ * Vertices are abstract: the state plus the counters the guards read (silences,
+ * failures, ending). Timestamps, turns and the path would make every vertex new
+ * and the graph infinite.
+ *
+ * @see https://stately.ai/docs/xstate-test
+ */
+import { createMachine, initialTransition, transition, type AnyStateMachine, type SnapshotFrom } from 'xstate';
+import { createTestModel } from 'xstate/graph';
+import {
+  callMachine,
+  type AgentTurnOutput,
+  type CallContext,
+  type CallEvent,
+  type CallInput,
+  type VoiceOutput,
+} from '../../machines/call.machine.ts';
+
+export const MODEL_CALL_SID = `CA${'0'.repeat(32)}`;
+export const AGENT_TIMEOUT_MS = 5_000;
+/** Far past any turn deadline the model can set. */
+export const LATE = 10 ** 13;
+
+export const MODEL_INPUT: CallInput = { callSid: MODEL_CALL_SID, from: '+15550100001', to: '+15550100002', at: 0, agentTimeoutMs: AGENT_TIMEOUT_MS };
+
+export const AGENT_REPLY = 'We are open from nine to five.';
+export const CALLER_QUESTION = 'What are your opening hours?';
+export const CALLER_GOODBYE = 'Thanks, goodbye!';
+
+/** The machine's own events, and those its invoked actors send (plus the start of a path). */
+export type ModelEvent =
+  | CallEvent
+  | { type: 'xstate.init' }
+  | { type: 'xstate.done.actor.agent'; output: AgentTurnOutput }
+  | { type: 'xstate.error.actor.agent'; error: string }
+  | { type: 'xstate.done.actor.voice'; output: VoiceOutput }
+  | { type: 'xstate.error.actor.voice'; error: string };
+
+/**
+ * Samples of every event the model may take. QA adds a sample here to make the
+ * generated paths try it; each type needs an executor in call-paths.test.ts.
+ */
+export const EVENT_SAMPLES: ModelEvent[] = [
+  { type: 'SPEECH', text: CALLER_QUESTION, at: 0 },
+  { type: 'SPEECH', text: CALLER_GOODBYE, at: 0 },
+  { type: 'SILENCE', at: 0 },
+  { type: 'xstate.done.actor.agent', output: { text: AGENT_REPLY, firstChunkAt: 0, at: 0 } },
+  { type: 'xstate.error.actor.agent', error: 'agent answered 500' },
+  { type: 'xstate.done.actor.voice', output: { at: 0 } },
+  { type: 'xstate.error.actor.voice', error: 'speech answered 500' },
+  { type: 'HANGUP', at: 0, status: 'completed' },
+  { type: 'HOLD', at: 1 },
+  { type: 'HOLD', at: LATE },
+];
+
+/** The machine with its invocations replaced by the events they send. */
+export function withInvocationsAsEvents(machine: AnyStateMachine): AnyStateMachine {
+  const convert = (state: Record<string, unknown>): Record<string, unknown> => {
+    const { invoke, states, ...rest } = state;
+    const converted: Record<string, unknown> = { ...rest };
+    if (invoke) {
+      const on = { ...(rest.on as Record<string, unknown> | undefined) };
+      for (const definition of [invoke].flat() as Array<{ id?: string; onDone?: unknown; onError?: unknown }>) {
+        if (!definition.id) throw new Error('every invoke in the call machine needs an id to be modelled');
+        if (definition.onDone) on[`xstate.done.actor.${definition.id}`] = definition.onDone;
+        if (definition.onError) on[`xstate.error.actor.${definition.id}`] = definition.onError;
+      }
+      converted.on = on;
+    }
+    if (states) {
+      converted.states = Object.fromEntries(
+        Object.entries(states as Record<string, Record<string, unknown>>).map(([key, child]) => [key, convert(child)]),
+      );
+    }
+    return converted;
+  };
+  return createMachine(convert(machine.config as unknown as Record<string, unknown>) as never, machine.implementations as never);
+}
+
+export const modelMachine = withInvocationsAsEvents(callMachine);
+export type ModelSnapshot = SnapshotFrom<typeof modelMachine>;
+
+function abstractState(snapshot: ModelSnapshot): string {
+  const { silences, failures, ending, prompt } = snapshot.context as CallContext;
+  const said = prompt.kind === 'reply' ? 'reply' : prompt.key;
+  return JSON.stringify({ value: snapshot.value, said, silences, failures, ending: ending ?? null, status: snapshot.status });
+}
+
+export function createCallModel() {
+  return createTestModel(modelMachine, {
+    input: MODEL_INPUT,
+    // Distinct ways into a state are distinct vertices, so shortest paths take every edge.
+    serializeState: (state, event, previous) => {
+      const via = event && previous && JSON.stringify(previous.value) !== JSON.stringify(state.value)
+        ? ` via ${JSON.stringify(event)} from ${JSON.stringify(previous.value)}`
+        : '';
+      return `${abstractState(state as ModelSnapshot)}${via}`;
+    },
+  });
+}
+
+/**
+ * The shortest path to every vertex. Samples are offered in EVENT_SAMPLES order
+ * (cheap outcomes before holds), only where the machine takes them.
+ */
+export function callPaths() {
+  return createCallModel().getShortestPaths({
+    events: (state: ModelSnapshot) => EVENT_SAMPLES.filter((event) => state.status === 'active' && state.can(event as never)),
+  } as never);
+}
+
+/**
+ * The concrete snapshots along a path's events. The generator keeps one snapshot
+ * per abstract vertex, whichever way it was first reached, so its snapshots' turns
+ * and path may belong to another route into the same vertex; replaying the events
+ * gives the ones this path really produces.
+ */
+export function replay(events: ModelEvent[]): ModelSnapshot[] {
+  const [first, ...rest] = events;
+  if (first?.type !== 'xstate.init') throw new Error('a path starts with xstate.init');
+  let snapshot = initialTransition(modelMachine, MODEL_INPUT)[0] as ModelSnapshot;
+  const snapshots = [snapshot];
+  for (const event of rest) {
+    snapshot = transition(modelMachine, snapshot, event as never)[0] as ModelSnapshot;
+    snapshots.push(snapshot);
+  }
+  return snapshots;
+}
