@@ -51,6 +51,8 @@ ENV NODE_ENV=production \
 COPY package.json ./
 COPY --from=prod-deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# The admin console shows the generated call diagram (src/admin reads it beside dist/src).
+COPY docs/diagram ./dist/docs/diagram
 USER nonroot
 EXPOSE 8080
 # The distroless nodejs image's entrypoint is `node`.

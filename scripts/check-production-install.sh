@@ -97,6 +97,8 @@ fi
 
 step "prod tree: dist/ + package.json + package-lock.json, npm ci --omit=dev --ignore-scripts"
 cp -R "$BUILD/dist" "$PROD/dist"
+# As the Dockerfile does: the admin console's diagram sits beside dist/src.
+mkdir -p "$PROD/dist/docs" && cp -R "$BUILD/docs/diagram" "$PROD/dist/docs/diagram"
 cp "$BUILD/package.json" "$BUILD/package-lock.json" "$PROD/"
 (cd "$PROD" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund)
 
