@@ -33,6 +33,13 @@ export interface CallerOptions {
   fetch?: typeof globalThis.fetch;
   /** Sleep through `<Pause>` like a real call (default: record it and go on). */
   realPauses?: boolean;
+  /**
+   * How long the caller spends hearing a verb before Twilio moves on to the next
+   * one, in ms (default: none, go straight on). A benchmark plays audio in real
+   * time with it, so a `<Redirect>` after a `<Play>` arrives when it would on a
+   * real call. Overrides `realPauses` for `<Pause>`.
+   */
+  playbackMs?: (heard: Heard) => number;
   /** Guard against a service that redirects forever. */
   maxRedirectsPerTurn?: number;
   /** Called for every verb as the caller hears it. */
@@ -166,13 +173,24 @@ export class SimulatedCall {
           await this.#perform(name, attrs, children, result);
           break;
         case 'Gather': {
+          const nested: Array<{ name: 'Say' | 'Play' | 'Pause'; attrs: Record<string, string>; children: XmlNode[] }> = [];
           for (const child of children) {
             const [childName] = Object.keys(child).filter((k) => k !== ':@');
             if (childName === 'Say' || childName === 'Play' || childName === 'Pause') {
-              await this.#perform(childName, child[':@'] ?? {}, (child[childName] as XmlNode[]) ?? [], result);
+              nested.push({ name: childName, attrs: child[':@'] ?? {}, children: (child[childName] as XmlNode[]) ?? [] });
             } else if (childName !== '#text') {
               throw new TwilioProtocolError(`<${childName}> is not allowed inside <Gather>`);
             }
+          }
+          // Twilio fetches every <Play> nested in a <Gather> before it plays the first.
+          const fetched = new Map<number, Heard>();
+          for (const [index, verb] of nested.entries()) {
+            if (verb.name === 'Play') fetched.set(index, await this.#fetchAudio(textOf(verb.children)));
+          }
+          for (const [index, verb] of nested.entries()) {
+            const audio = fetched.get(index);
+            if (audio) await this.#play(audio, result);
+            else await this.#perform(verb.name, verb.attrs, verb.children, result);
           }
           if (!attrs.action) throw new TwilioProtocolError('<Gather> without an action');
           this.#pendingGather = this.#absolute(attrs.action);
@@ -197,24 +215,36 @@ export class SimulatedCall {
 
   async #perform(name: 'Say' | 'Play' | 'Pause', attrs: Record<string, string>, children: XmlNode[], result: TurnResult) {
     if (name === 'Say') {
-      this.#hear({ verb: 'Say', text: textOf(children) }, result);
+      await this.#play({ verb: 'Say', text: textOf(children) }, result);
     } else if (name === 'Pause') {
       const seconds = Number(attrs.length ?? '1');
-      if (this.#options.realPauses) await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-      this.#hear({ verb: 'Pause', seconds }, result);
+      if (this.#options.realPauses && !this.#options.playbackMs) await sleep(seconds * 1000);
+      await this.#play({ verb: 'Pause', seconds }, result);
     } else {
-      const url = this.#absolute(textOf(children));
-      const started = performance.now();
-      const response = await this.#fetch(this.#target(url));
-      const bytes = Buffer.from(await response.arrayBuffer());
-      const contentType = response.headers.get('content-type') ?? '';
-      if (response.status !== 200) throw new TwilioProtocolError(`<Play> ${new URL(url).pathname} answered ${response.status}`);
-      if (!/^audio\/(mpeg|wav|x-wav|basic)/.test(contentType)) {
-        throw new TwilioProtocolError(`<Play> got ${contentType}, which Twilio cannot play`);
-      }
-      if (bytes.length === 0) throw new TwilioProtocolError('<Play> got an empty file');
-      this.#hear({ verb: 'Play', url, contentType, bytes: bytes.length, fetchMs: performance.now() - started }, result);
+      // Nothing documents <Play> starting before its file is downloaded: fetch it whole, then play.
+      await this.#play(await this.#fetchAudio(textOf(children)), result);
     }
+  }
+
+  async #fetchAudio(location: string): Promise<Heard> {
+    const url = this.#absolute(location);
+    const started = performance.now();
+    const response = await this.#fetch(this.#target(url));
+    const bytes = Buffer.from(await response.arrayBuffer());
+    const contentType = response.headers.get('content-type') ?? '';
+    if (response.status !== 200) throw new TwilioProtocolError(`<Play> ${new URL(url).pathname} answered ${response.status}`);
+    if (!/^audio\/(mpeg|wav|x-wav|basic)/.test(contentType)) {
+      throw new TwilioProtocolError(`<Play> got ${contentType}, which Twilio cannot play`);
+    }
+    if (bytes.length === 0) throw new TwilioProtocolError('<Play> got an empty file');
+    return { verb: 'Play', url, contentType, bytes: bytes.length, fetchMs: performance.now() - started };
+  }
+
+  /** The caller hears a verb, for as long as `playbackMs` says. */
+  async #play(heard: Heard, result: TurnResult) {
+    this.#hear(heard, result);
+    const ms = this.#options.playbackMs?.(heard) ?? 0;
+    if (ms > 0) await sleep(ms);
   }
 
   #hear(heard: Heard, result: TurnResult) {
@@ -273,6 +303,10 @@ export function parseTwiml(twiml: string): XmlNode[] {
   const root = document.find((node) => 'Response' in node);
   if (!root) throw new TwilioProtocolError('TwiML has no <Response> root');
   return (root.Response as XmlNode[]) ?? [];
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 function textOf(children: XmlNode[]): string {

@@ -1,0 +1,404 @@
+/**
+ * `npm run bench`: how soon a caller hears the answer, and what the service costs.
+ *
+ * The service runs as its own process (`node src/server.ts`, the embedded store),
+ * the fake agent and fake ElevenLabs in another (bench/fakes-process.ts), and the
+ * simulated Twilio callers in this one, so the service's event loop and CPU time
+ * are its own. Phases, each against a freshly started service:
+ *
+ * - latency: `--calls` concurrent calls of `--turns` turns, audio played in real
+ *   time. First audio after the caller's speech, next to the floor the fakes
+ *   allow, and next to the old way (whole answer, then its synthesis), which the
+ *   service still runs with REPLY_PIECES=whole.
+ * - load: `--load-calls` concurrent calls the same way: the service's own time
+ *   per webhook (total minus the time waiting on the fakes), memory per call.
+ * - capacity: callers asking back to back, nobody listening: turns per second
+ *   and CPU per turn.
+ * - webhooks: cheap webhooks back to back: webhooks per second.
+ * - cold: spawn to the first /healthz 200.
+ *
+ *   npm run bench -- --calls 50 --turns 3 --agent-first-ms 300 --tokens-per-sec 40 --tts-first-byte-ms 150
+ *   npm run bench -- --phases latency --calls 10
+ *
+ * Figures and how to read them: docs/performance.md.
+ */
+import { writeFileSync } from 'node:fs';
+import { cpus, loadavg } from 'node:os';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { runCalls, runTurnsFor, type CallsResult, type TurnTiming } from './calls.ts';
+import { measureColdStart } from './cold-start.ts';
+import type { FakesLatency } from './fakes-process.ts';
+import { measureOverhead } from './overhead.ts';
+import { cpuMs, startFakes, startService, type ServiceProcess } from './processes.ts';
+import type { ProbeReply } from './service-probe.ts';
+import { answerFor, ELEVENLABS_KEY, firstPieceText, wordCount, wordIntervalMs } from './scenario.ts';
+import { runWebhooks } from './webhooks.ts';
+
+/** Event-loop delay sampling interval of the benchmark's own loop. */
+const LOOP_RESOLUTION_MS = 5;
+
+const { values: args } = parseArgs({
+  options: {
+    calls: { type: 'string', default: '50' },
+    turns: { type: 'string', default: '3' },
+    'agent-first-ms': { type: 'string', default: '300' },
+    'tokens-per-sec': { type: 'string', default: '40' },
+    'tts-first-byte-ms': { type: 'string', default: '150' },
+    'tts-chars-per-sec': { type: 'string', default: '0' },
+    deadline: { type: 'string', default: '3000' },
+    format: { type: 'string', default: 'ulaw_8000' },
+    'load-calls': { type: 'string', default: '200' },
+    playback: { type: 'string', default: '1' },
+    'caller-speaks-ms': { type: 'string', default: '1000' },
+    'capacity-callers': { type: 'string', default: '200' },
+    'capacity-seconds': { type: 'string', default: '10' },
+    'webhook-clients': { type: 'string', default: '32' },
+    'webhook-seconds': { type: 'string', default: '5' },
+    'cold-starts': { type: 'string', default: '7' },
+    phases: { type: 'string', default: 'latency,load,capacity,webhooks,cold' },
+    modes: { type: 'string', default: 'pieces,whole' },
+    json: { type: 'string' },
+  },
+});
+
+const num = (name: keyof typeof args): number => {
+  const value = Number(args[name]);
+  if (!Number.isFinite(value) || value < 0) throw new Error(`--${name} must be a number, got ${String(args[name])}`);
+  return value;
+};
+
+const latency: FakesLatency = {
+  agentFirstMs: num('agent-first-ms'),
+  tokensPerSec: num('tokens-per-sec'),
+  ttsFirstByteMs: num('tts-first-byte-ms'),
+  ttsCharsPerSec: num('tts-chars-per-sec'),
+  outputFormat: args.format!,
+};
+const phases = new Set(args.phases!.split(','));
+const modes = args.modes!.split(',') as Array<'pieces' | 'whole'>;
+const report: Record<string, unknown> = { latency, args };
+let nextCallIndex = 0;
+
+const fakes = await startFakes(latency);
+const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
+console.log(`Machine: ${cpus().length} cores, load average ${load()} at the start (other work on the machine skews every figure).`);
+try {
+  console.log(
+    `Scenario: agent first token ${latency.agentFirstMs} ms then ${latency.tokensPerSec} tokens/s ` +
+      `(one word every ${wordIntervalMs(latency.tokensPerSec).toFixed(1)} ms), ElevenLabs first byte ${latency.ttsFirstByteMs} ms` +
+      `${latency.ttsCharsPerSec > 0 ? ` then ${latency.ttsCharsPerSec} chars/s` : ', whole audio at once'}, ${latency.outputFormat}, ` +
+      `webhook deadline ${args.deadline} ms; answers of ${answerLengths()} words.\n`,
+  );
+  if (phases.has('latency')) await latencyPhase();
+  if (phases.has('load')) await loadPhase();
+  if (phases.has('capacity')) await capacityPhase();
+  if (phases.has('webhooks')) await webhookPhase();
+  if (phases.has('cold')) await coldPhase();
+} finally {
+  await fakes.close();
+}
+console.log(`\nLoad average at the end: ${load()}.`);
+if (args.json) writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`);
+
+function serviceEnv(mode: 'pieces' | 'whole'): Record<string, string> {
+  return {
+    KOOZIE_AGENT_URI: fakes.agentUrl,
+    ELEVENLABS_API_KEY: ELEVENLABS_KEY,
+    ELEVEN_VOICE_ID: 'bench-voice',
+    ELEVENLABS_BASE_URL: fakes.elevenLabsUrl,
+    ELEVEN_OUTPUT_FORMAT: latency.outputFormat,
+    WEBHOOK_DEADLINE_MS: args.deadline!,
+    REPLY_PIECES: mode === 'whole' ? 'whole' : 'sentences',
+  };
+}
+
+async function withService<T>(mode: 'pieces' | 'whole', work: (service: ServiceProcess) => Promise<T>): Promise<T> {
+  const service = await startService(serviceEnv(mode), { probe: true });
+  // The fixed phrases are synthesised in the background after start; let that finish.
+  await sleep(latency.ttsFirstByteMs * 2 + 500);
+  await fakes.drain();
+  try {
+    return await work(service);
+  } finally {
+    await service.close();
+  }
+}
+
+async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
+  return withService(mode, async (service) => {
+    const progress = { active: 0 };
+    const idle = await service.probe({ gc: true, reset: true });
+    const cpuBefore = cpuMs(service.pid);
+    const benchLoop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
+    benchLoop.enable();
+    // Once every call is in progress, and again a few seconds later: the heap after a full GC.
+    let active: ProbeReply | undefined;
+    const sampler = setInterval(() => {
+      if (active || progress.active < calls) return;
+      active = { type: 'probe', heapUsed: 0, rss: 0, arrayBuffers: 0, loopDelayMs: { p50: 0, p99: 0, max: 0 } };
+      setTimeout(() => void service.probe({ gc: true, reset: false }).then((reply) => (active = reply)), 3_000);
+    }, 100);
+    const firstCallIndex = nextCallIndex;
+    nextCallIndex += calls;
+    let result: CallsResult;
+    try {
+      result = await runCalls({
+        serviceUrl: service.url,
+        calls,
+        turns: num('turns'),
+        playback: num('playback'),
+        callerSpeaksMs: num('caller-speaks-ms'),
+        rampMs: Math.min(3_000, calls * 20),
+        firstCallIndex,
+        progress,
+      });
+    } finally {
+      clearInterval(sampler);
+      benchLoop.disable();
+    }
+    const cpu = cpuMs(service.pid) - cpuBefore;
+    const end = await service.probe({ gc: false, reset: true });
+    const fakeLog = await fakes.drain();
+    const orders = new Map(result.turns.map((t) => [t.callSid, t.order]));
+    const overhead = measureOverhead(result.webhooks, fakeLog, orders);
+    const memory = active && active.heapUsed > 0 ? { idle, active, calls } : undefined;
+    const loops = {
+      service: end.loopDelayMs,
+      bench: { p50: late(benchLoop.percentile(50)), p99: late(benchLoop.percentile(99)), max: late(benchLoop.max) },
+    };
+    return { result, overhead, cpu, memory, loops };
+  });
+}
+
+async function latencyPhase() {
+  const calls = num('calls');
+  const rows: string[][] = [];
+  const gapRows: string[][] = [];
+  const summary: Record<string, unknown> = {};
+  let floorRow: string[] | undefined;
+  for (const mode of modes) {
+    const { result, overhead } = await callsPhase(mode, calls);
+    const turns = result.turns.filter((t) => t.firstReplyAt !== undefined);
+    const first = turns.map((t) => t.firstReplyAt! - t.startedAt);
+    const overFloor = turns.map((t) => t.firstReplyAt! - t.startedAt - floorMs(t, mode));
+    floorRow ??= ['floor: agent to first piece + TTS first byte', ...quantiles(result.turns.map((t) => floorMs(t, 'pieces')))];
+    rows.push([label(mode), ...quantiles(first)], [`  minus its floor`, ...quantiles(overFloor)]);
+    const gaps = turns.flatMap((t) => t.gaps);
+    gapRows.push([
+      label(mode),
+      String(turns.length),
+      `${mean(turns.map((t) => t.replySounds)).toFixed(1)}`,
+      String(turns.filter((t) => t.holdSounds > 0).length),
+      fmt(quantile(gaps, 0.5)),
+      fmt(quantile(gaps, 0.99)),
+      fmt(Math.max(0, ...gaps)),
+    ]);
+    summary[mode] = {
+      turns: turns.length,
+      unanswered: result.turns.length - turns.length,
+      failures: result.failures,
+      firstAudioMs: stats(first),
+      overFloorMs: stats(overFloor),
+      gapMs: stats(gaps),
+      overheadMs: stats(overhead.webhooks.map((w) => w.overheadMs)),
+    };
+    if (result.failures.length > 0) console.log(`  ${result.failures.length} ${mode} calls failed, e.g. ${result.failures[0]}`);
+  }
+  const wholeFloor = ['floor of the old way: whole answer + TTS first byte', ...quantiles(answersOf(calls).map((a) => wholeFloorMs(a)))];
+  console.log(`First audio: /speech-result sent → first answer audio playable (${calls} concurrent calls × ${num('turns')} turns), ms`);
+  table(['', 'p50', 'p95', 'p99', 'max'], [floorRow!, wholeFloor, ...rows]);
+  const pieces = summary.pieces as { firstAudioMs: { p50: number } } | undefined;
+  const whole = summary.whole as { firstAudioMs: { p50: number } } | undefined;
+  if (pieces && whole) console.log(`Streaming pieces is ${(whole.firstAudioMs.p50 / pieces.firstAudioMs.p50).toFixed(2)}x sooner at p50.`);
+  console.log('\nThe answer as heard: sounds per answer, turns with a hold, silences between sounds after the first (ms)');
+  table(['', 'turns', 'sounds', 'held', 'gap p50', 'gap p99', 'gap max'], gapRows);
+  report.latency = summary;
+}
+
+async function loadPhase() {
+  const calls = num('load-calls');
+  const { result, overhead, cpu, memory, loops } = await callsPhase(modes[0]!, calls);
+  const byKind = (kind?: string) => overhead.webhooks.filter((w) => kind === undefined || w.kind === kind);
+  const rows = [undefined, 'answer', 'hold', 'plain'].map((kind) => {
+    const hooks = byKind(kind);
+    return [kind ?? 'all webhooks', String(hooks.length), ...quantiles(hooks.map((w) => w.overheadMs)), fmt(quantile(hooks.map((w) => w.totalMs), 0.99))];
+  });
+  console.log(`\nThe service's own time per webhook (${calls} concurrent calls, ${label(modes[0]!)}): total minus waiting on the fakes, ms`);
+  table(['', 'count', 'p50', 'p95', 'p99', 'max', 'total p99'], rows);
+  const staged = byKind('answer').flatMap((w) => (w.stages ? [w.stages] : []));
+  if (staged.length > 0) {
+    const stage = (pick: (s: NonNullable<(typeof staged)[number]>) => number) => `${fmt(quantile(staged.map(pick), 0.5))}/${fmt(quantile(staged.map(pick), 0.99))}`;
+    console.log(
+      `  answers, p50/p99 ms: before the agent is asked ${stage((s) => s.beforeAgentMs)}, ` +
+        `agent text to ElevenLabs request ${stage((s) => s.agentToSpeechMs)}, audio to TwiML read ${stage((s) => s.afterSpeechMs)}`,
+    );
+  }
+  if (overhead.unmatched > 0) console.log(`  (${overhead.unmatched} webhooks could not be matched to the fakes' log and are left out)`);
+  const answered = result.turns.filter((t) => t.firstReplyAt !== undefined);
+  const first = answered.map((t) => t.firstReplyAt! - t.startedAt);
+  console.log(
+    `  first audio at ${calls} calls: p50 ${fmt(quantile(first, 0.5))} ms, p99 ${fmt(quantile(first, 0.99))} ms; ` +
+      `service CPU ${((cpu / result.wallMs) * 100).toFixed(0)}% of one core over ${(result.wallMs / 1000).toFixed(0)} s; ${result.failures.length} failed calls`,
+  );
+  console.log(
+    `  event-loop delay, service: p50 ${fmt(loops.service.p50)} p99 ${fmt(loops.service.p99)} max ${fmt(loops.service.max)} ms; ` +
+      `benchmark's own (its callers time the webhooks): p99 ${fmt(loops.bench.p99)} max ${fmt(loops.bench.max)} ms`,
+  );
+  if (memory) {
+    const perCall = (memory.active.heapUsed + memory.active.arrayBuffers - memory.idle.heapUsed - memory.idle.arrayBuffers) / memory.calls;
+    console.log(
+      `  memory after a full GC: heap + buffers ${mb(memory.idle.heapUsed + memory.idle.arrayBuffers)} MB idle, ` +
+        `${mb(memory.active.heapUsed + memory.active.arrayBuffers)} MB with ${memory.calls} calls in progress: ` +
+        `${(perCall / 1024).toFixed(0)} KB per active call (resident ${mb(memory.idle.rss)} → ${mb(memory.active.rss)} MB)`,
+    );
+  }
+  report.load = {
+    calls,
+    overheadMs: stats(byKind().map((w) => w.overheadMs)),
+    overheadByKind: Object.fromEntries(['answer', 'hold', 'plain'].map((k) => [k, stats(byKind(k).map((w) => w.overheadMs))])),
+    unmatched: overhead.unmatched,
+    firstAudioMs: stats(first),
+    cpuPercentOfOneCore: (cpu / result.wallMs) * 100,
+    memory,
+    loops,
+    failures: result.failures.length,
+  };
+}
+
+async function capacityPhase() {
+  await withService(modes[0]!, async (service) => {
+    const cpuBefore = cpuMs(service.pid);
+    const callers = num('capacity-callers');
+    const result = await runTurnsFor({
+      serviceUrl: service.url,
+      callers,
+      durationMs: num('capacity-seconds') * 1000,
+      turnsPerCall: num('turns'),
+      firstCallIndex: nextCallIndex,
+    });
+    nextCallIndex += 1_000_000;
+    const cpu = cpuMs(service.pid) - cpuBefore;
+    const perSec = result.turns / (result.wallMs / 1000);
+    const cpuPerTurn = cpu / Math.max(1, result.turns);
+    console.log(`\nCapacity: ${callers} callers asking back to back for ${num('capacity-seconds')} s, nobody listening`);
+    table(
+      ['turns', 'turns/s', 'turn p50 ms', 'turn p99 ms', 'service CPU', 'CPU ms/turn', 'failures'],
+      [[String(result.turns), perSec.toFixed(0), fmt(quantile(result.turnMs, 0.5)), fmt(quantile(result.turnMs, 0.99)), `${((cpu / result.wallMs) * 100).toFixed(0)}%`, cpuPerTurn.toFixed(2), String(result.failures.length)]],
+    );
+    if (result.failures.length > 0) console.log(`  e.g. ${result.failures[0]}`);
+    report.capacity = { callers, turns: result.turns, turnsPerSec: perSec, cpuMsPerTurn: cpuPerTurn, turnMs: stats(result.turnMs), failures: result.failures.length };
+  });
+}
+
+async function webhookPhase() {
+  await withService(modes[0]!, async (service) => {
+    const cpuBefore = cpuMs(service.pid);
+    const clients = num('webhook-clients');
+    const result = await runWebhooks({ serviceUrl: service.url, clients, durationMs: num('webhook-seconds') * 1000, firstCallIndex: nextCallIndex });
+    nextCallIndex += 1_000_000;
+    const cpu = cpuMs(service.pid) - cpuBefore;
+    const perSec = result.webhooks / (result.wallMs / 1000);
+    console.log(`\nWebhooks: ${clients} clients, short calls back to back (voice, silence, silence, status), each webhook a store commit`);
+    table(
+      ['webhooks', 'per second', 'p50 ms', 'p99 ms', 'service CPU', 'failures'],
+      [[String(result.webhooks), perSec.toFixed(0), fmt(quantile(result.latencyMs, 0.5)), fmt(quantile(result.latencyMs, 0.99)), `${((cpu / result.wallMs) * 100).toFixed(0)}%`, String(result.failures.length)]],
+    );
+    if (result.failures.length > 0) console.log(`  e.g. ${result.failures[0]}`);
+    report.webhooks = { clients, webhooks: result.webhooks, perSec, latencyMs: stats(result.latencyMs), cpuPercentOfOneCore: (cpu / result.wallMs) * 100, failures: result.failures.length };
+  });
+}
+
+async function coldPhase() {
+  const runs = num('cold-starts');
+  const result = await measureColdStart(runs, serviceEnv(modes[0]!));
+  console.log(`\nCold start: spawn of node src/server.ts → first /healthz 200 (${runs} starts), ms`);
+  table(['', 'p50', 'min', 'max'], [
+    ['service ready', fmt(quantile(result.readyMs, 0.5)), fmt(Math.min(...result.readyMs)), fmt(Math.max(...result.readyMs))],
+    ['node -e "" (spawn to exit)', fmt(quantile(result.nodeMs, 0.5)), fmt(Math.min(...result.nodeMs)), fmt(Math.max(...result.nodeMs))],
+  ]);
+  report.cold = { readyMs: stats(result.readyMs), nodeMs: stats(result.nodeMs) };
+}
+
+// ---- the floors the fakes allow ----
+
+function answersOf(calls: number): string[] {
+  return Array.from({ length: calls * num('turns') }, (_, i) => answerFor(0, i % num('turns')));
+}
+
+function answerLengths(): string {
+  const counts = Array.from({ length: Math.min(3, num('turns')) }, (_, t) => wordCount(answerFor(4_000, t)));
+  return counts.join(', ');
+}
+
+/** Time for the agent to have written `words` words, then ElevenLabs to deliver the audio of `chars` characters. */
+function agentThenSpeechMs(words: number, chars: number): number {
+  const agent = latency.agentFirstMs + (words - 1) * wordIntervalMs(latency.tokensPerSec);
+  const speech = latency.ttsFirstByteMs + (latency.ttsCharsPerSec > 0 ? (chars / latency.ttsCharsPerSec) * 1000 : 0);
+  return agent + speech;
+}
+
+function wholeFloorMs(answer: string): number {
+  return agentThenSpeechMs(wordCount(answer), answer.length);
+}
+
+function floorMs(turn: TurnTiming, mode: 'pieces' | 'whole'): number {
+  const answer = answerFor(turn.order, turn.turn);
+  if (mode === 'whole') return wholeFloorMs(answer);
+  const piece = firstPieceText(answer);
+  return agentThenSpeechMs(wordCount(piece), piece.length);
+}
+
+// ---- figures ----
+
+/** A loop-delay histogram holds the time between checks: the resolution plus how late the loop ran. */
+function late(ns: number): number {
+  return Math.max(0, ns / 1e6 - LOOP_RESOLUTION_MS);
+}
+
+function label(mode: 'pieces' | 'whole'): string {
+  return mode === 'pieces' ? 'streamed in pieces (REPLY_PIECES=sentences)' : 'whole answer, then synthesis (REPLY_PIECES=whole)';
+}
+
+function quantile(values: number[], q: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+function quantiles(values: number[]): string[] {
+  return [fmt(quantile(values, 0.5)), fmt(quantile(values, 0.95)), fmt(quantile(values, 0.99)), fmt(Math.max(...values))];
+}
+
+function stats(values: number[]) {
+  return { n: values.length, p50: quantile(values, 0.5), p95: quantile(values, 0.95), p99: quantile(values, 0.99), max: values.length ? Math.max(...values) : NaN };
+}
+
+function median(values: number[]): number {
+  return quantile(values, 0.5);
+}
+
+function mean(values: number[]): number {
+  return values.length ? values.reduce((a, b) => a + b, 0) / values.length : NaN;
+}
+
+function fmt(ms: number): string {
+  if (!Number.isFinite(ms)) return '-';
+  return Math.abs(ms) < 10 ? ms.toFixed(1) : ms.toFixed(0);
+}
+
+function mb(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(0);
+}
+
+function table(header: string[], rows: string[][]) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  console.log(line(header));
+  for (const row of rows) console.log(line(row));
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
