@@ -8,7 +8,7 @@
  * needs both key and voice) and the messages must name the variable plainly.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 export class ConfigError extends Error {
@@ -48,8 +48,15 @@ export interface Config {
   adminToken: string | undefined;
   /** How long a webhook waits for the machine before it puts the caller on hold. */
   webhookDeadlineMs: number;
+  /** How long a webhook may take in all before the caller hears "one moment" and is redirected (Twilio gives up at 15 s). */
+  webhookAnswerBudgetMs: number;
   audioUrlTtlSec: number;
   snapshotTtlHours: number;
+  /**
+   * Signed webhooks per caller number per minute, requests per second per
+   * instance; 429 beyond. Generous: a call makes a few webhooks a minute.
+   */
+  rateLimits: { perCallerPerMinute: number; globalPerSecond: number };
 }
 
 type Env = Record<string, string | undefined>;
@@ -72,6 +79,7 @@ export function loadConfig(env: Env): Config {
   let twilioAuthTokenSource: Config['twilioAuthTokenSource'] = 'env';
   if (twilioAuthToken === undefined) {
     if (production) throw new ConfigError('TWILIO_AUTH_TOKEN', 'is required when NODE_ENV=production');
+    usableDataDir(dataDir);
     twilioAuthToken = localAuthToken(dataDir);
     twilioAuthTokenSource = 'local';
   }
@@ -98,9 +106,16 @@ export function loadConfig(env: Env): Config {
   if (callStore === 'firestore' && gcpProjectId === undefined) {
     throw new ConfigError('GCP_PROJECT_ID', 'is required when CALL_STORE=firestore');
   }
+  if (callStore === 'sqlite') usableDataDir(dataDir);
   const adminToken = text(env, 'ADMIN_TOKEN');
   if (adminToken !== undefined && adminToken.length < 16) {
     throw new ConfigError('ADMIN_TOKEN', 'must be at least 16 characters');
+  }
+
+  const webhookDeadlineMs = integer(env, 'WEBHOOK_DEADLINE_MS', 3_000, 100, 12_000);
+  const webhookAnswerBudgetMs = integer(env, 'WEBHOOK_ANSWER_BUDGET_MS', 10_000, 1_000, 14_000);
+  if (webhookAnswerBudgetMs < webhookDeadlineMs + 1_000) {
+    throw new ConfigError('WEBHOOK_ANSWER_BUDGET_MS', `must be at least WEBHOOK_DEADLINE_MS + 1000 (${webhookDeadlineMs + 1_000}), got ${webhookAnswerBudgetMs}`);
   }
 
   return {
@@ -119,9 +134,14 @@ export function loadConfig(env: Env): Config {
     gcpRegion: text(env, 'GCP_REGION'),
     logLevel: oneOf(env, 'LOG_LEVEL', LOG_LEVELS, 'info'),
     adminToken,
-    webhookDeadlineMs: integer(env, 'WEBHOOK_DEADLINE_MS', 3_000, 100, 12_000),
+    webhookDeadlineMs,
+    webhookAnswerBudgetMs,
     audioUrlTtlSec: integer(env, 'AUDIO_URL_TTL_SECONDS', 600, 30, 86_400),
     snapshotTtlHours: integer(env, 'SNAPSHOT_TTL_HOURS', 24, 1, 24 * 365),
+    rateLimits: {
+      perCallerPerMinute: integer(env, 'RATE_LIMIT_PER_CALLER_PER_MINUTE', 300, 1, 1_000_000),
+      globalPerSecond: integer(env, 'RATE_LIMIT_GLOBAL_PER_SECOND', 2_000, 1, 1_000_000),
+    },
   };
 }
 
@@ -161,6 +181,16 @@ function url(env: Env, name: string, fallback: string, httpsOnly: boolean): stri
   }
   if (parsed.search || parsed.hash) throw new ConfigError(name, 'must not have a query or fragment');
   return parsed.toString().replace(/\/+$/, '');
+}
+
+/** DATA_DIR holds the embedded store (and the local token): one that cannot be written stops the start here, in one line. */
+function usableDataDir(dataDir: string): void {
+  try {
+    mkdirSync(dataDir, { recursive: true });
+    accessSync(dataDir, constants.W_OK);
+  } catch (error) {
+    throw new ConfigError('DATA_DIR', `must be a directory the service can write, got "${dataDir}" (${(error as NodeJS.ErrnoException).code ?? 'unusable'})`);
+  }
 }
 
 /**

@@ -74,6 +74,8 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     publicBaseUrl: config.publicBaseUrl,
     twilioAuthToken: config.twilioAuthToken,
     audioUrlTtlSec: config.audioUrlTtlSec,
+    rateLimits: config.rateLimits,
+    answerBudgetMs: config.webhookAnswerBudgetMs,
     adminToken: config.adminToken,
     log,
     now,

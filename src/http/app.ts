@@ -32,6 +32,7 @@ import {
   type TwilioForm,
 } from '../twilio/events.ts';
 import { renderEmpty, renderRecovery, renderUnknownCall, ROUTES } from '../twilio/twiml.ts';
+import { rateLimits, type RateLimits } from './rate-limits.ts';
 
 export interface AppOptions {
   engine: CallEngine;
@@ -41,6 +42,10 @@ export interface AppOptions {
   publicBaseUrl: string;
   twilioAuthToken: string;
   audioUrlTtlSec: number;
+  /** Per-caller and per-instance request limits (429 beyond); absent, nothing is limited. */
+  rateLimits?: RateLimits;
+  /** Longest a webhook waits for the engine before answering the recovery TwiML (Twilio gives up at 15 s). */
+  answerBudgetMs?: number;
   log: Logger;
   now?: () => number;
   sayVoice?: string;
@@ -58,6 +63,8 @@ declare module 'fastify' {
 }
 
 const TWIML = 'text/xml; charset=utf-8';
+/** Twilio waits about 15 s for TwiML; leave room for the network and a retry. */
+const DEFAULT_ANSWER_BUDGET_MS = 10_000;
 
 export function buildApp(options: AppOptions) {
   const now = options.now ?? Date.now;
@@ -82,6 +89,18 @@ export function buildApp(options: AppOptions) {
       return reply.code(403).type('text/plain').send('Forbidden: invalid Twilio signature');
     }
   });
+  // After the signature hook: only signed requests count against a caller.
+  if (options.rateLimits) app.register(rateLimits, options.rateLimits);
+
+  // A keep-alive connection whose request is in flight at close() would hold the
+  // close open until it idles out (SIGTERM would time out): end it with its answer.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
 
   app.setErrorHandler((error: Error & { statusCode?: number }, request, reply) => {
     if (error instanceof WebhookInputError) {
@@ -103,19 +122,19 @@ export function buildApp(options: AppOptions) {
 
   app.post(ROUTES.voice, webhook, async (request, reply) => {
     const call = callStartOf(form(request));
-    return sendAnswer(reply, await options.engine.start(call, requestMeta(request)), options);
+    return sendAnswer(reply, await withinBudget(options.engine.start(call, requestMeta(request)), request), options);
   });
 
   app.post(ROUTES.speechResult, webhook, async (request, reply) => {
     const body = form(request);
     const callSid = callSidOf(body);
     const event = speechEventOf(body, now());
-    return sendAnswer(reply, await options.engine.handle(callSid, event, requestMeta(request)), options);
+    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, event, requestMeta(request)), request), options);
   });
 
   app.post(ROUTES.continue, webhook, async (request, reply) => {
     const callSid = callSidOf(form(request));
-    return sendAnswer(reply, await options.engine.handle(callSid, undefined, requestMeta(request)), options);
+    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, undefined, requestMeta(request)), request), options);
   });
 
   app.post(ROUTES.callStatus, webhook, async (request, reply) => {
@@ -155,9 +174,32 @@ export function buildApp(options: AppOptions) {
   app.get('/healthz', async () => ({ status: 'ok' }));
 
   app.get('/readyz', async (_request, reply) => {
-    const healthy = await options.store.healthy();
+    // A store whose health check throws is just as unavailable.
+    const healthy = await options.store.healthy().catch(() => false);
     return reply.code(healthy ? 200 : 503).send({ status: healthy ? 'ready' : 'store unavailable', store: options.store.kind });
   });
+
+  /**
+   * A slow store (or anything else) must not make Twilio give up on the call: past
+   * the budget the error handler answers the recovery TwiML, and the work goes on
+   * for the `/continue` that follows to pick up.
+   */
+  async function withinBudget<T>(work: Promise<T>, request: FastifyRequest): Promise<T> {
+    const budgetMs = options.answerBudgetMs ?? DEFAULT_ANSWER_BUDGET_MS;
+    const overBudget = new Error(`no answer within the ${budgetMs} ms webhook budget`);
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(overBudget), budgetMs);
+    });
+    try {
+      return await Promise.race([work, deadline]);
+    } catch (error) {
+      if (error === overBudget) work.catch((late: unknown) => request.log.error({ err: late }, 'a webhook failed after its answer budget'));
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 
   function checkAudioSignature(request: FastifyRequest<{ Querystring: AudioQuery }>, reply: FastifyReply, path: string) {
     const verdict = options.audioUrls.verify(path, str(request.query.exp), str(request.query.sig));

@@ -1,0 +1,339 @@
+/**
+ * Faults: the agent, ElevenLabs and the call store fail in every way we know of,
+ * one fault per call, each call against its own service and fakes (so they run
+ * side by side). Every webhook still answers with TwiML well inside Twilio's 15 s,
+ * the caller hears a fallback (an apology, or the words in the phone's own
+ * voice), the record says what failed, and the next question works again.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { PHRASES } from '../../machines/call.machine.ts';
+import { parseTwiml } from '../../src/phone/twilio-caller.ts';
+import { SqliteCallStore } from '../../src/store/sqlite-store.ts';
+import type { CallRecord } from '../../src/store/call-store.ts';
+import { startFakeAgent, type FakeAgent, type FakeAgentScript } from '../fakes/agent-server.ts';
+import { startFakeElevenLabs, type FakeElevenLabs, type FakeElevenLabsBehaviour } from '../fakes/elevenlabs-server.ts';
+import { freePort } from '../support/server-process.ts';
+import { ELEVENLABS_KEY, spoken, startService } from '../support/service.ts';
+import { FaultyCallStore, figure } from './support.ts';
+
+/** Short deadlines keep the suite fast; the production ones (3 s, 20 s) only scale the waits. */
+const FAST = { WEBHOOK_DEADLINE_MS: '500', AGENT_TIMEOUT_MS: '2500' };
+/** "Well inside Twilio's 15 s" for one webhook. */
+const WEBHOOK_BOUND_MS = 5_000;
+const QUESTION = 'What time do you open?';
+const REPLY = `Agent heard: ${QUESTION} (history: 0)`;
+
+interface FaultyTurn {
+  heard: string[];
+  documents: string[];
+  record: CallRecord | null;
+  slowestWebhookMs: number;
+  webhooks: number;
+  agent: FakeAgent;
+  eleven: FakeElevenLabs;
+  store: FaultyCallStore;
+  /** What the caller hears on the next question, once the fault is gone. */
+  next: string[];
+  logs: Array<Record<string, unknown>>;
+}
+
+const table: string[] = [];
+
+
+/** One call: dial, inject the fault, ask a question, clear the fault, ask again. */
+async function faultyTurn(options: {
+  voice?: boolean;
+  env?: Record<string, string>;
+  agent?: FakeAgentScript;
+  refuseAgent?: boolean;
+  eleven?: FakeElevenLabsBehaviour;
+  store?: (store: FaultyCallStore) => void;
+}): Promise<FaultyTurn> {
+  const agent = await startFakeAgent();
+  const eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
+  const dataDir = mkdtempSync(join(tmpdir(), 'heyai-faults-'));
+  const store = new FaultyCallStore(new SqliteCallStore(dataDir));
+  const agentUrl = options.refuseAgent ? `http://127.0.0.1:${await freePort()}` : agent.url;
+  const svc = await startService(
+    {
+      ...FAST,
+      KOOZIE_AGENT_URI: agentUrl,
+      ...(options.voice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: eleven.url } : {}),
+      ...options.env,
+    },
+    { store, dataDir },
+  );
+  const webhookMs: number[] = [];
+  const timedFetch: typeof fetch = async (input, init) => {
+    const started = performance.now();
+    const response = await fetch(input, init);
+    if (init?.method === 'POST') webhookMs.push(performance.now() - started);
+    return response;
+  };
+  try {
+    const call = svc.call({ fetch: timedFetch });
+    await call.dial();
+    if (options.agent) agent.setBehaviour(options.agent);
+    if (options.eleven) eleven.setBehaviour(options.eleven);
+    options.store?.(store);
+    const turn = await call.say(QUESTION);
+    for (const document of turn.documents) parseTwiml(document);
+    const record = await store.getRecord(call.callSid);
+
+    agent.setBehaviour({ kind: 'reply', answer: () => 'Back to normal.' });
+    eleven.setBehaviour({ kind: 'audio' });
+    store.delayMs = 0;
+    store.failNext('load', 0);
+    store.failNext('commit', 0);
+    const next = turn.ended ? [] : spoken((await call.say('And now?')).heard);
+    return {
+      heard: spoken(turn.heard),
+      documents: turn.documents,
+      record,
+      slowestWebhookMs: Math.round(Math.max(...webhookMs)),
+      webhooks: webhookMs.length,
+      agent,
+      eleven,
+      store,
+      next,
+      logs: svc.logs,
+    };
+  } finally {
+    await svc.close();
+    await agent.close();
+    await eleven.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+function row(fault: string, turn: FaultyTurn, recorded: string | undefined) {
+  const heard = turn.heard.filter((h) => h !== '[Pause]').map((h) => (h.length > 40 ? `${h.slice(0, 37)}…` : h));
+  table.push(`| ${fault} | ${[...new Set(heard)].join(' / ')} | ${recorded ?? '-'} | ${turn.webhooks} / ${turn.slowestWebhookMs} ms |`);
+  expect(turn.slowestWebhookMs).toBeLessThan(WEBHOOK_BOUND_MS);
+}
+
+/** The turn ends at a <Gather> again: the caller can go on. */
+function listensAgain(turn: FaultyTurn) {
+  expect(turn.documents.at(-1)).toContain('<Gather');
+  expect(turn.next.join(' ')).toMatch(/Back to normal\.|\[audio\]/);
+}
+
+describe.concurrent('agent faults: the caller hears an apology and the turn records why', () => {
+  it('refuses connections', async () => {
+    const turn = await faultyTurn({ refuseAgent: true });
+    expect(turn.heard).toEqual([PHRASES.apology]);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: could not reach the agent/);
+    expect(turn.documents.at(-1)).toContain('<Gather');
+    row('agent refuses connections', turn, turn.record?.turns[0]?.failure);
+  });
+
+  it('hangs before the first chunk', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'hang' } });
+    expect(turn.heard[0]).toBe(PHRASES.hold);
+    expect(turn.heard.at(-1)).toBe(PHRASES.apology);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: /);
+    listensAgain(turn);
+    row('agent hangs before the first chunk', turn, turn.record?.turns[0]?.failure);
+  });
+
+  it('hangs after the first chunk', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'hang-after-first-chunk' } });
+    expect(turn.heard[0]).toBe(PHRASES.hold);
+    expect(turn.heard.at(-1)).toBe(PHRASES.apology);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: /);
+    listensAgain(turn);
+    row('agent hangs after the first chunk', turn, turn.record?.turns[0]?.failure);
+  });
+
+  it('sends malformed SSE', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'malformed' } });
+    expect(turn.heard).toEqual([PHRASES.apology]);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: .*not JSON/);
+    listensAgain(turn);
+    row('agent sends malformed SSE', turn, turn.record?.turns[0]?.failure);
+  });
+
+  it('sends a "text" that is not a string, or JSON that is not an object', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'events', data: ['{"text": 42}'] } });
+    expect(turn.heard).toEqual([PHRASES.apology]);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: .*not a string/);
+    listensAgain(turn);
+    row('agent sends {"text": 42}', turn, turn.record?.turns[0]?.failure);
+  });
+
+  it('closes the stream before any text', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'events', data: ['{"ping": true}'] } });
+    expect(turn.heard).toEqual([PHRASES.apology]);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: .*without any text/);
+    listensAgain(turn);
+    row('agent closes before any text', turn, turn.record?.turns[0]?.failure);
+  });
+
+  it('closes mid-stream: the words already sent stand, as a short answer', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'close-mid-stream' } });
+    // By design (src/agent/agent-client.ts): once text has arrived, a broken connection ends the answer.
+    expect(turn.heard).toEqual(['Agent heard:']);
+    expect(turn.record?.turns[0]).toMatchObject({ reply: 'Agent heard:' });
+    listensAgain(turn);
+    row('agent closes mid-stream', turn, `reply kept: "${turn.record?.turns[0]?.reply}"`);
+  });
+
+  it('answers HTTP 500, 429 and 404', async () => {
+    for (const status of [500, 429, 404]) {
+      const turn = await faultyTurn({ agent: { kind: 'status', status, body: '<html>oops</html>' } });
+      expect(turn.heard).toEqual([PHRASES.apology]);
+      expect(turn.record?.turns[0]?.failure).toMatch(new RegExp(`^agent: .*HTTP ${status}`));
+      listensAgain(turn);
+      row(`agent answers ${status}`, turn, turn.record?.turns[0]?.failure);
+    }
+  });
+
+  // Known bug, docs/hardening.md: the TwiML renderer passes text XML 1.0 cannot hold to xmlbuilder, which throws.
+  it.fails('replies with a control character or U+FFFE: the caller hears the rest of the reply', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'reply', answer: () => 'We open at nine \u0007 or \uFFFE ten.' } });
+    expect(turn.heard.at(-1)).toMatch(/^We open at nine .* ten\.$/);
+  });
+
+  it('answers slowly but within the turn deadline: the caller is held, then hears the answer', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'reply', firstChunkDelayMs: 1_200 } });
+    expect(turn.heard[0]).toBe(PHRASES.hold);
+    expect(turn.heard.at(-1)).toBe(REPLY);
+    expect(turn.record?.turns[0]?.failure).toBeUndefined();
+    expect(turn.record?.turns[0]?.agentFirstChunkMs).toBeGreaterThanOrEqual(1_000);
+    listensAgain(turn);
+    row('agent answers after 1.2 s', turn, `reply, agentFirstChunkMs ${turn.record?.turns[0]?.agentFirstChunkMs}`);
+  });
+
+  it('trickles past the turn deadline', async () => {
+    const turn = await faultyTurn({ agent: { kind: 'reply', chunkDelayMs: 800, chunkWords: 1 } });
+    expect(turn.heard[0]).toBe(PHRASES.hold);
+    expect(turn.heard.at(-1)).toBe(PHRASES.apology);
+    expect(turn.record?.turns[0]?.failure).toMatch(/^agent: /);
+    listensAgain(turn);
+    row('agent trickles past the deadline', turn, turn.record?.turns[0]?.failure);
+  });
+});
+
+describe.concurrent('ElevenLabs faults: the caller hears the words in the phone voice, never an error body', () => {
+  /** The reply was read by <Say>, not played, and the record says why. */
+  function readByPhone(turn: FaultyTurn, error: RegExp) {
+    expect(turn.heard.filter((h) => h !== '[Pause]' && h !== PHRASES.hold)).toEqual([REPLY]);
+    expect(turn.record?.turns[0]?.voicedBy).toBe('say');
+    expect(turn.record?.lastError).toMatch(error);
+    expect(turn.documents.join('')).not.toMatch(/<Play>[^<]*\/audio\/call\//);
+    listensAgain(turn);
+  }
+
+  it.each([
+    ['401 (bad key)', { kind: 'status', status: 401, detail: 'invalid_api_key' }, /^speech: .*HTTP 401/, 1],
+    ['422 (bad request)', { kind: 'status', status: 422, detail: 'invalid_request' }, /^speech: .*HTTP 422/, 1],
+    ['429 system_busy, every time', { kind: 'status', status: 429, detail: 'system_busy' }, /^speech: .*429 \(system_busy\)/, 3],
+    ['500, twice', { kind: 'status', status: 500 }, /^speech: .*HTTP 500/, 2],
+    ['a truncated stream', { kind: 'truncated' }, /^speech: .*broke off/, 1],
+    ['200 with a JSON error body', { kind: 'raw', contentType: 'application/json', body: '{"detail":{"status":"quota_exceeded","message":"out of credit"}}' }, /^speech: .*instead of audio \(quota_exceeded\)/, 1],
+    ['200 with an empty body', { kind: 'raw', contentType: 'audio/mpeg', body: '' }, /^speech: .*empty audio body/, 1],
+  ] as const)('answers %s', async (name, behaviour, error, attempts) => {
+    const turn = await faultyTurn({ voice: true, eleven: behaviour });
+    readByPhone(turn, error);
+    expect(turn.eleven.requests.filter((r) => r.body?.text === REPLY)).toHaveLength(attempts);
+    row(`ElevenLabs ${name}`, turn, turn.record?.lastError);
+  });
+
+  it('hangs: the caller is held, then hears the words in the phone voice', async () => {
+    const turn = await faultyTurn({ voice: true, eleven: { kind: 'hang' } });
+    // The library's own 8 s limit fires first, so the adapter reports an abort (see docs/hardening.md).
+    readByPhone(turn, /^speech: (speech synthesis was aborted|.*did not deliver the audio within)/);
+    // How often the hold phrase was said while waiting (docs/hardening.md, P2).
+    const holds = turn.heard.filter((h) => h === PHRASES.hold).length;
+    row('ElevenLabs hangs', turn, `${turn.record?.lastError}; "${PHRASES.hold}" said ${holds}×`);
+  });
+
+  it('is full (429 too_many_concurrent_requests): the request waits its turn and the caller hears the audio', async () => {
+    const status = { kind: 'status', status: 429, detail: 'too_many_concurrent_requests' } as const;
+    const turn = await faultyTurn({ voice: true, eleven: { kind: 'sequence', steps: [status, status, { kind: 'audio' }] } });
+    expect(turn.heard.filter((h) => h !== '[Pause]' && h !== PHRASES.hold)).toEqual(['[audio]']);
+    expect(turn.record?.turns[0]?.voicedBy).toBe('audio');
+    expect(turn.record?.turns[0]?.speechMs).toBeGreaterThanOrEqual(1_200);
+    expect(turn.eleven.requests.filter((r) => r.body?.text === REPLY)).toHaveLength(3);
+    listensAgain(turn);
+    row('ElevenLabs 429 too_many_concurrent_requests ×2', turn, `audio after queueing, speechMs ${turn.record?.turns[0]?.speechMs}`);
+  });
+
+  it('is busy once (429 system_busy): retried after a pause, the caller hears the audio', async () => {
+    const busy = { kind: 'status', status: 429, detail: 'system_busy' } as const;
+    const turn = await faultyTurn({ voice: true, eleven: { kind: 'sequence', steps: [busy, { kind: 'audio' }] } });
+    expect(turn.heard.filter((h) => h !== '[Pause]' && h !== PHRASES.hold)).toEqual(['[audio]']);
+    expect(turn.record?.turns[0]?.speechMs).toBeGreaterThanOrEqual(250);
+    expect(turn.eleven.requests.filter((r) => r.body?.text === REPLY)).toHaveLength(2);
+    row('ElevenLabs 429 system_busy once', turn, `audio after a pause, speechMs ${turn.record?.turns[0]?.speechMs}`);
+  });
+});
+
+describe.concurrent('store faults: the caller is kept on the line, and nothing committed is lost', () => {
+  it('is slow (150 ms a call): every turn still works', async () => {
+    const turn = await faultyTurn({ store: (s) => (s.delayMs = 150) });
+    expect(turn.heard.at(-1)).toBe(REPLY);
+    expect(turn.store.injected.delays).toBeGreaterThanOrEqual(3);
+    listensAgain(turn);
+    row('store answers in 150 ms', turn, 'turn stored');
+  });
+
+  it('is slower than the answer budget (700 ms a call, 2.1 s a turn, 2 s budget): "one moment", then the answer', async () => {
+    const turn = await faultyTurn({ env: { WEBHOOK_ANSWER_BUDGET_MS: '2000' }, store: (s) => (s.delayMs = 700) });
+    expect(turn.heard[0]).toBe('Sorry, one moment please.');
+    expect(turn.heard.at(-1)).toBe(REPLY);
+    expect(turn.slowestWebhookMs).toBeLessThan(2_400);
+    expect(turn.record?.turns.map((t) => t.reply)).toEqual([REPLY]);
+    listensAgain(turn);
+    row('store answers in 700 ms (turn over the budget)', turn, 'turn stored; webhook answered at the budget');
+  });
+
+  it('throws when the turn is claimed: the caller hears "one moment", then is asked again', async () => {
+    const turn = await faultyTurn({ store: (s) => s.failNext('commit', 1) });
+    expect(turn.heard[0]).toBe('Sorry, one moment please.');
+    expect(turn.heard.at(-1)).toBe(PHRASES.greeting);
+    expect(turn.record?.turns).toEqual([]);
+    expect(turn.logs.some((l) => l.message === 'request failed' && JSON.stringify(l.err).includes('injected store failure'))).toBe(true);
+    listensAgain(turn);
+    row('store throws on the claiming commit', turn, 'nothing (the store was down); logged');
+  });
+
+  it('throws when the answer is stored: the retry stores it and the caller hears it', async () => {
+    const turn = await faultyTurn({ store: (s) => s.failNext('commit', 1, 1) });
+    expect(turn.heard[0]).toBe('Sorry, one moment please.');
+    expect(turn.heard.at(-1)).toBe(REPLY);
+    expect(turn.record?.turns.map((t) => t.reply)).toEqual([REPLY]);
+    listensAgain(turn);
+    row('store throws on the answer commit', turn, 'turn stored on the retry');
+  });
+
+  it('throws on load: the caller hears "one moment", then is asked again', async () => {
+    const turn = await faultyTurn({ store: (s) => s.failNext('load', 2) });
+    expect(turn.heard.filter((h) => h !== '[Pause]')).toEqual(['Sorry, one moment please.', 'Sorry, one moment please.', PHRASES.greeting]);
+    expect(turn.record?.turns).toEqual([]);
+    listensAgain(turn);
+    row('store throws on load (twice)', turn, 'nothing (the store was down); logged');
+  });
+
+  it('stays down: the caller hears a polite goodbye, not an application error', async () => {
+    const turn = await faultyTurn({ store: (s) => s.failNext('load', Infinity) });
+    expect(turn.heard.filter((h) => h !== '[Pause]')).toEqual([
+      'Sorry, one moment please.',
+      'Sorry, one moment please.',
+      'Sorry, one moment please.',
+      PHRASES.goodbyeFailures,
+      '[Hangup]',
+    ]);
+    row('store down for good', turn, 'nothing (the store was down); logged');
+  });
+});
+
+describe('fault figures', () => {
+  it('prints the table', () => {
+    figure(`faults injected: ${table.length} scenarios`);
+    console.log(['| fault | caller hears | record says | webhooks / slowest |', '|---|---|---|---|', ...table].join('\n'));
+  });
+});
