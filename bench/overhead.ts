@@ -14,15 +14,9 @@
  *   whose audio was ready): nothing.
  * The waits are merged as intervals and clipped to the webhook, so two pieces
  * synthesised in parallel count once.
- *
- * Two views of the same webhook: as Twilio sees it (request sent to answer read,
- * in the benchmark's process: loopback, the HTTP client and the benchmark's own
- * event loop included) and inside the service (request parsed to answer handed to
- * the socket, from bench/service-probe.ts).
  */
 import type { FakeRequestLog } from './fakes-process.ts';
 import type { WebhookTiming } from './calls.ts';
-import type { ServedWebhook } from './service-probe.ts';
 import { orderIn } from './scenario.ts';
 
 export interface WebhookOverhead {
@@ -31,8 +25,6 @@ export interface WebhookOverhead {
   totalMs: number;
   waitMs: number;
   overheadMs: number;
-  /** The same inside the service, when the probe saw the webhook. */
-  serviceOverheadMs?: number;
   /** For answers: before the agent was asked, between the agent's text and ElevenLabs, after the audio. */
   stages?: { beforeAgentMs: number; agentToSpeechMs: number; afterSpeechMs: number };
 }
@@ -52,15 +44,8 @@ interface CallLog {
 
 const ANSWER_AUDIO = /\/audio\/call\/CA[0-9a-f]{32}\/t(\d+)(?:p(\d+))?/g;
 
-export function measureOverhead(
-  webhooks: WebhookTiming[],
-  fakes: FakeRequestLog[],
-  orderOfCall: Map<string, number>,
-  served: ServedWebhook[] = [],
-): OverheadResult {
+export function measureOverhead(webhooks: WebhookTiming[], fakes: FakeRequestLog[], orderOfCall: Map<string, number>): OverheadResult {
   const logs = indexByCall(fakes, orderOfCall);
-  const servedByCall = new Map<string, ServedWebhook[]>();
-  for (const s of served) if (s.callSid) (servedByCall.get(s.callSid) ?? servedByCall.set(s.callSid, []).get(s.callSid)!).push(s);
   const result: OverheadResult = { webhooks: [], unmatched: 0 };
   for (const webhook of webhooks) {
     const totalMs = webhook.endedAt - webhook.startedAt;
@@ -95,20 +80,7 @@ export function measureOverhead(
       }
     }
     const waitMs = coveredMs(waits, webhook.startedAt, webhook.endedAt);
-    const inside = servedByCall
-      .get(webhook.callSid)
-      // Arrived while the caller waited (its 'finish' can be seen a moment after the caller read the answer).
-      ?.find((s) => s.path === webhook.path && s.arrivedAt >= webhook.startedAt && s.arrivedAt <= webhook.endedAt);
-    const serviceOverheadMs = inside ? inside.finishedAt - inside.arrivedAt - coveredMs(waits, inside.arrivedAt, inside.finishedAt) : undefined;
-    result.webhooks.push({
-      path: webhook.path,
-      kind,
-      totalMs,
-      waitMs,
-      overheadMs: totalMs - waitMs,
-      ...(serviceOverheadMs !== undefined ? { serviceOverheadMs } : {}),
-      ...(stages && webhook.path === '/speech-result' ? { stages } : {}),
-    });
+    result.webhooks.push({ path: webhook.path, kind, totalMs, waitMs, overheadMs: totalMs - waitMs, ...(stages ? { stages } : {}) });
   }
   return result;
 }

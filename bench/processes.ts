@@ -27,8 +27,8 @@ export interface Fakes {
   elevenLabsUrl: string;
   pid: number;
   configure(latency: FakesLatency): void;
-  /** The fakes' request log since the last drain, and how late their event loop ran meanwhile. */
-  drain(): Promise<{ requests: FakeRequestLog[]; loopDelayMs: { p99: number; max: number } }>;
+  /** The fakes' request log since the last drain. */
+  drain(): Promise<FakeRequestLog[]>;
   close(): Promise<void>;
 }
 
@@ -52,7 +52,7 @@ export async function startFakes(latency: FakesLatency): Promise<Fakes> {
         const onMessage = (message: FakesReply) => {
           if (message.type !== 'log') return;
           child.off('message', onMessage);
-          resolve({ requests: message.requests, loopDelayMs: message.loopDelayMs });
+          resolve(message.requests);
         };
         child.on('message', onMessage);
         send({ type: 'drain' });
@@ -89,16 +89,12 @@ export async function freePort(): Promise<number> {
  * settings leak in from the shell running the benchmark. With `probe`, the
  * process also loads bench/service-probe.ts (cold-start runs do not).
  */
-export async function startService(
-  env: Record<string, string>,
-  options: { pollMs?: number; probe?: boolean; entry?: string } = {},
-): Promise<ServiceProcess> {
+export async function startService(env: Record<string, string>, options: { pollMs?: number; probe?: boolean } = {}): Promise<ServiceProcess> {
   const dataDir = mkdtempSync(join(tmpdir(), 'heyai-bench-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const startedAt = clock();
-  const entry = options.entry ?? SERVER;
-  const args = options.probe ? ['--expose-gc', '--import', PROBE, entry] : [entry];
+  const args = options.probe ? ['--expose-gc', '--import', PROBE, SERVER] : [SERVER];
   const child = spawn(process.execPath, args, {
     env: {
       PATH: process.env.PATH ?? '',
