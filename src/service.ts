@@ -58,7 +58,6 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     now,
     webhookDeadlineMs: config.webhookDeadlineMs,
     agentTimeoutMs: config.agentTimeoutMs,
-    replyPieces: config.replyPieces,
     render: (view) =>
       renderCallTwiml(view, {
         baseUrl: config.publicBaseUrl,

@@ -7,7 +7,7 @@
  *
  * Synthesis is deduplicated: concurrent requests for the same text share one call.
  */
-import type { Speech, SpeechRequest, SynthesisedAudio } from './speech.ts';
+import type { Speech, SynthesisedAudio } from './speech.ts';
 
 export interface VoiceLibraryOptions {
   speech: Speech;
@@ -56,16 +56,8 @@ export class VoiceLibrary {
   }
 
   /** A reply's audio, keyed by call and prompt so the audio route can find it. */
-  reply(id: string, text: string, previousText: string | undefined, signal?: AbortSignal): Promise<SynthesisedAudio> {
-    return this.replyPiece(id, previousText === undefined ? { text } : { text, previousText }, signal);
-  }
-
-  /**
-   * A piece of a reply, keyed by its id and text (the words around it help the
-   * voice but do not change what is said, so they are not part of the key).
-   */
-  async replyPiece(id: string, request: SpeechRequest, signal?: AbortSignal): Promise<SynthesisedAudio> {
-    const key = `${this.#voiceKey}|reply|${id}|${request.text}`;
+  async reply(id: string, text: string, previousText: string | undefined, signal?: AbortSignal): Promise<SynthesisedAudio> {
+    const key = `${this.#voiceKey}|reply|${id}|${text}`;
     const cached = this.#replies.get(key);
     if (cached) {
       this.#replies.delete(key);
@@ -74,7 +66,7 @@ export class VoiceLibrary {
     }
     let pending = this.#pending.get(key);
     if (!pending) {
-      pending = this.#synthesise(request, undefined).then((audio) => {
+      pending = this.#synthesise(previousText === undefined ? { text } : { text, previousText }, undefined).then((audio) => {
         this.#keep(key, audio);
         return audio;
       });
@@ -87,7 +79,7 @@ export class VoiceLibrary {
     return signal ? abortable(pending, signal) : pending;
   }
 
-  #synthesise(request: SpeechRequest, signal: AbortSignal | undefined): Promise<SynthesisedAudio> {
+  #synthesise(request: Parameters<Speech['synthesise']>[0], signal: AbortSignal | undefined): Promise<SynthesisedAudio> {
     const timeout = AbortSignal.timeout(this.#timeoutMs);
     return this.#speech.synthesise(request, signal ? AbortSignal.any([signal, timeout]) : timeout);
   }
