@@ -11,6 +11,7 @@
  * @see https://github.com/rexxars/eventsource-parser#usage
  */
 import { createParser, type EventSourceMessage, type ParseError } from 'eventsource-parser';
+import { readBodyPrefix } from '../http-client/body-prefix.ts';
 import { AgentError, type Agent, type AgentRequest } from './agent.ts';
 
 export interface AgentClientOptions {
@@ -210,22 +211,7 @@ function readChunk(data: string, agentHost: string): Chunk {
 
 /** The start of an error body, read no further than needed; empty if it cannot be read. */
 async function readExcerpt(response: Response): Promise<string> {
-  if (response.body === null) return '';
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let text = '';
-  try {
-    while (text.length <= MAX_EXCERPT_CHARS) {
-      const read = await reader.read();
-      if (read.done) break;
-      text += decoder.decode(read.value, { stream: true });
-    }
-  } catch {
-    // The excerpt only decorates the message; the status is the failure.
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-  return excerptOf(text);
+  return excerptOf(await readBodyPrefix(response, MAX_EXCERPT_CHARS + 1));
 }
 
 function excerptOf(text: string): string {

@@ -12,6 +12,7 @@
  * @see https://www.twilio.com/docs/voice/twiml/play#supported-audio-file-types
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readBodyPrefix } from '../http-client/body-prefix.ts';
 import { SpeechError, type Speech, type SpeechRequest, type SynthesisedAudio } from './speech.ts';
 
 export interface ElevenLabsOptions {
@@ -204,23 +205,8 @@ async function readAll(body: ReadableStream<Uint8Array>, signal: AbortSignal, st
 }
 
 /** An error body, as far as it is worth reading; empty if it cannot be read. */
-async function readErrorBody(response: Response): Promise<string> {
-  if (response.body === null) return '';
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let text = '';
-  try {
-    while (text.length < MAX_ERROR_BODY_CHARS) {
-      const read = await reader.read();
-      if (read.done) break;
-      text += decoder.decode(read.value, { stream: true });
-    }
-  } catch {
-    // The status alone still tells what went wrong.
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-  return text;
+function readErrorBody(response: Response): Promise<string> {
+  return readBodyPrefix(response, MAX_ERROR_BODY_CHARS);
 }
 
 /**
