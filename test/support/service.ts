@@ -69,7 +69,10 @@ export async function startService(
     call: (options = {}) =>
       new SimulatedCall({ publicBaseUrl: PUBLIC_BASE_URL, targetBaseUrl: address, authToken: AUTH_TOKEN, ...options }),
     async close() {
-      await service.close();
+      // A test's clients (a browser's keep-alive sockets) must not hold the shutdown open.
+      const closing = service.close();
+      service.app.server.closeAllConnections();
+      await closing;
       if (!overrides.dataDir) rmSync(dataDir, { recursive: true, force: true });
     },
   };
