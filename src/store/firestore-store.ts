@@ -124,9 +124,21 @@ export class FirestoreCallStore implements CallStore {
   }
 
   async load(callSid: string): Promise<StoredCall | null> {
-    // One BatchGetDocuments: both documents come from one consistent read, so the
-    // snapshot belongs to the revision read with it.
-    const [call, snapshot] = await this.#firestore.getAll(this.#calls.doc(callSid), this.#snapshots.doc(callSid));
+    const refs = [this.#calls.doc(callSid), this.#snapshots.doc(callSid)] as const;
+    // One BatchGetDocuments is not one point in time: it can read the call document
+    // after a commit and the snapshot document before it (seen on the emulator under
+    // concurrent commits), and a transition computed from that older snapshot would
+    // then commit against the newer revision, losing the update in between. The two
+    // documents are always committed together with the same `revision`, so a pair
+    // that disagrees (or a call whose snapshot is missing) is read again in a
+    // read-only transaction, whose reads all come from one consistent snapshot of
+    // the database. The common case stays one round trip.
+    let [call, snapshot] = await this.#firestore.getAll(...refs);
+    if (call?.exists && snapshot?.get('revision') !== call.get('revision')) {
+      [call, snapshot] = await this.#firestore.runTransaction((transaction) => transaction.getAll(...refs), {
+        readOnly: true,
+      });
+    }
     if (!call?.exists) return null;
     const data = call.data() as CallDocument;
     const stored = snapshot?.exists ? (snapshot.data() as SnapshotDocument) : undefined;

@@ -258,6 +258,33 @@ function describeCallStoreContract(name: string, makeStore: () => Promise<CallSt
       // On the emulator each contended round waits out a lock timeout (~2 s): ~10 s in all.
     }, 60_000);
 
+    it('never loads a snapshot of another revision than the record loaded with it, while commits go on', async () => {
+      // A snapshot paired with the wrong revision is a lost update waiting to happen:
+      // the next transition would be computed from the old state and still commit.
+      await store.commit(commitRequest('CA-consistent', 0, { snapshot: { revision: 1 } }));
+      let writing = true;
+      const writer = (async () => {
+        for (let revision = 1; revision <= 150; revision++) {
+          const result = await store.commit(commitRequest('CA-consistent', revision, { snapshot: { revision: revision + 1 } }));
+          expect(result).toEqual({ ok: true, revision: revision + 1 });
+        }
+        writing = false;
+      })();
+      const mismatches: string[] = [];
+      let loads = 0;
+      const reader = async (): Promise<void> => {
+        while (writing) {
+          const loaded = await store.load('CA-consistent');
+          loads++;
+          const snapshotRevision = (loaded?.snapshot as { revision?: number } | null)?.revision;
+          if (snapshotRevision !== loaded?.revision) mismatches.push(`revision ${loaded?.revision} with snapshot of ${snapshotRevision}`);
+        }
+      };
+      await Promise.all([writer, reader(), reader(), reader()]);
+      expect(mismatches).toEqual([]);
+      expect(loads).toBeGreaterThan(10);
+    }, 60_000);
+
     it('returns a response remembered with a commit, and keeps it across commits without one', async () => {
       const key = 'POST /twilio/voice/gather?attempt=1.2#I-Twilio-Idempotency-Token:9f1c';
       const body = '<?xml version="1.0" encoding="UTF-8"?><Response><Say>Grüße 👋</Say></Response>';
