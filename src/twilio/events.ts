@@ -8,6 +8,7 @@
  * @see https://www.twilio.com/docs/voice/api/call-resource#statuscallback
  */
 import type { CallEvent } from '../../machines/call.machine.ts';
+import { speakableText } from './spoken-text.ts';
 
 export class WebhookInputError extends Error {
   override readonly name = 'WebhookInputError';
@@ -43,8 +44,8 @@ export function callStartOf(form: TwilioForm): CallStart {
 /** A `<Gather>` result: words become SPEECH, nothing heard becomes SILENCE. */
 export function speechEventOf(form: TwilioForm, at: number): Extract<CallEvent, { type: 'SPEECH' | 'SILENCE' }> {
   const raw = single(form, 'SpeechResult') ?? '';
-  // Control characters are never speech; drop them before anything sees the text.
-  const text = raw.replace(/[\u0000-\u001f\u007f-\u009f]/g, ' ').replace(/\s+/g, ' ').trim().slice(0, MAX_UTTERANCE_CHARS);
+  // Control characters and text XML cannot hold are never speech; drop them before anything sees the text.
+  const text = speakableText(raw).replace(/\s+/g, ' ').trim().slice(0, MAX_UTTERANCE_CHARS).toWellFormed();
   if (text === '') return { type: 'SILENCE', at };
   const confidence = confidenceOf(single(form, 'Confidence'));
   return confidence === undefined ? { type: 'SPEECH', text, at } : { type: 'SPEECH', text, confidence, at };

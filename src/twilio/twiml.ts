@@ -16,6 +16,7 @@
  */
 import VoiceResponse from 'twilio/lib/twiml/VoiceResponse.js';
 import { PHRASES, type CallContext, type Prompt } from '../../machines/call.machine.ts';
+import { speakableText } from './spoken-text.ts';
 
 export const ROUTES = {
   voice: '/voice',
@@ -73,7 +74,8 @@ function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
   else say(into, prompt.text, options);
 }
 
-function say(into: Speaker, text: string, options: RenderOptions) {
+function say(into: Speaker, raw: string, options: RenderOptions) {
+  const text = speakableText(raw);
   if (options.sayVoice) into.say({ voice: options.sayVoice as VoiceResponse.SayAttributes["voice"] }, text);
   else into.say(text);
 }
