@@ -12,6 +12,7 @@
  */
 import { createParser, type EventSourceMessage, type ParseError } from 'eventsource-parser';
 import { readBodyPrefix } from '../http-client/body-prefix.ts';
+import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 import { AgentError, type Agent, type AgentRequest } from './agent.ts';
 
 export interface AgentClientOptions {
@@ -56,25 +57,23 @@ async function* streamReply(
   callerSignal: AbortSignal,
 ): AsyncGenerator<string, void, undefined> {
   const { firstChunkTimeoutMs, totalTimeoutMs, agentHost } = settings;
-  if (callerSignal.aborted) {
-    throw new AgentError('aborted', 'the turn was aborted before the agent was asked', { cause: callerSignal.reason });
-  }
-  const firstChunk = new AbortController();
-  const firstChunkTimer = setTimeout(() => firstChunk.abort(), firstChunkTimeoutMs);
-  const total = AbortSignal.timeout(totalTimeoutMs);
-  // Aborted in `finally`: frees the connection when the consumer stops reading early
-  // or the agent keeps the stream open after `[DONE]`.
-  const release = new AbortController();
-  const signal = AbortSignal.any([callerSignal, firstChunk.signal, total, release.signal]);
+  // One signal for the request: the caller's, the two deadlines, and our own release
+  // in `finally` (frees the connection when the consumer stops reading early or the
+  // agent keeps the stream open after `[DONE]`).
+  const link = new LinkedAbort([callerSignal]);
+  const signal = link.signal;
   const stopped = (): AgentError => {
-    if (callerSignal.aborted) {
-      return new AgentError('aborted', 'the turn was aborted while waiting for the agent', { cause: callerSignal.reason });
-    }
-    if (firstChunk.signal.aborted) {
-      return new AgentError('timeout', `no text from the agent at ${agentHost} within ${firstChunkTimeoutMs} ms`);
-    }
-    return new AgentError('timeout', `the agent at ${agentHost} did not finish within ${totalTimeoutMs} ms`);
+    const reason: unknown = signal.reason;
+    // A deadline, ours or the caller's, is a timeout; anything else is the caller cancelling.
+    if (isTimeout(reason)) return new AgentError('timeout', reason.message);
+    return new AgentError('aborted', 'the turn was aborted while waiting for the agent', { cause: reason });
   };
+  if (signal.aborted) {
+    link.dispose();
+    throw stopped();
+  }
+  const cancelFirstChunkDeadline = link.deadline(firstChunkTimeoutMs, `no text from the agent at ${agentHost} within ${firstChunkTimeoutMs} ms`);
+  link.deadline(totalTimeoutMs, `the agent at ${agentHost} did not finish within ${totalTimeoutMs} ms`);
   // `fetch` aborts the body when `signal` fires, but a `fetch` passed in may not:
   // cancelling the reader as well guarantees a pending `read()` returns.
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
@@ -168,7 +167,7 @@ async function* streamReply(
           return;
         }
         if (chunk.kind === 'text' && chunk.text !== '') {
-          clearTimeout(firstChunkTimer);
+          cancelFirstChunkDeadline();
           spokeAtAll = true;
           yield chunk.text;
         }
@@ -177,10 +176,9 @@ async function* streamReply(
     }
     if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} closed the stream without any text`);
   } finally {
-    clearTimeout(firstChunkTimer);
     signal.removeEventListener('abort', cancelRead);
     cancelRead();
-    release.abort();
+    link.abort();
   }
 }
 

@@ -7,6 +7,7 @@
  * answers from `history` alone, which shows that the conversation reaches the agent.
  */
 import { AgentError, type Agent, type AgentRequest } from './agent.ts';
+import { isTimeout } from '../http-client/linked-abort.ts';
 
 /** Words per streamed chunk: a few chunks per answer, like a real agent's stream. */
 const WORDS_PER_CHUNK = 4;
@@ -23,6 +24,7 @@ export function createLocalAgent(): Agent {
         // abort can land mid-answer.
         await new Promise((resolve) => setImmediate(resolve));
         if (signal.aborted) {
+          if (isTimeout(signal.reason)) throw new AgentError('timeout', signal.reason.message);
           throw new AgentError('aborted', 'the turn was aborted while the local agent answered', { cause: signal.reason });
         }
         const end = start + WORDS_PER_CHUNK;

@@ -53,6 +53,7 @@ import {
 import { AgentError, type Agent } from '../agent/agent.ts';
 import type { VoiceLibrary } from '../speech/voice-library.ts';
 import type { CallRecord, CallStore, StoredCall } from '../store/call-store.ts';
+import { LinkedAbort } from '../http-client/linked-abort.ts';
 
 export interface CallView {
   state: string;
@@ -399,17 +400,22 @@ export class CallEngine {
 
   async #askAgent(input: AgentTurnInput, signal: AbortSignal): Promise<AgentTurnOutput> {
     const log = this.#options.log.child({ callSid: input.callSid });
-    const timeout = AbortSignal.any([signal, AbortSignal.timeout(this.#options.agentTimeoutMs)]);
+    // The turn's own bound, whatever the agent adapter does (the built-in agent has none).
+    const link = new LinkedAbort([signal]);
+    const { agentTimeoutMs } = this.#options;
+    link.deadline(agentTimeoutMs, `no complete answer from the agent within ${agentTimeoutMs} ms`);
     let text = '';
     let firstChunkAt: number | undefined;
     try {
-      for await (const chunk of this.#options.agent.reply(input, timeout)) {
+      for await (const chunk of this.#options.agent.reply(input, link.signal)) {
         firstChunkAt ??= this.#now();
         text += chunk;
       }
     } catch (error) {
       log.warn({ err: error }, 'agent turn failed');
       throw error;
+    } finally {
+      link.dispose();
     }
     text = text.replace(/\s+/g, ' ').trim();
     if (text === '' || firstChunkAt === undefined) throw new AgentError('empty', 'the agent answered with no text');

@@ -14,6 +14,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readBodyPrefix } from '../http-client/body-prefix.ts';
 import { SpeechError, type Speech, type SpeechRequest, type SynthesisedAudio } from './speech.ts';
+import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 
 export interface ElevenLabsOptions {
   apiKey: string;
@@ -116,11 +117,14 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
   return {
     async synthesise(request, callerSignal) {
       const giveUpAt = Date.now() + timeoutMs;
-      const signal = AbortSignal.any([callerSignal, AbortSignal.timeout(timeoutMs)]);
+      using link = new LinkedAbort([callerSignal]);
+      link.deadline(timeoutMs, `ElevenLabs did not deliver the audio within ${timeoutMs} ms`);
+      const { signal } = link;
+      // A deadline, ours or the caller's, is a timeout; anything else is the caller cancelling.
       const stopped = (): SpeechError =>
-        callerSignal.aborted
-          ? new SpeechError('speech synthesis was aborted', { cause: callerSignal.reason })
-          : new SpeechError(`ElevenLabs did not deliver the audio within ${timeoutMs} ms`);
+        isTimeout(signal.reason)
+          ? new SpeechError(signal.reason.message)
+          : new SpeechError('speech synthesis was aborted', { cause: signal.reason });
       if (signal.aborted) throw stopped();
 
       for (let retries = 0; ; retries += 1) {
@@ -171,7 +175,7 @@ export function wavFromMulaw(bytes: Buffer): Buffer {
   header.writeUInt32LE(bytes.length, 46); // samples per channel
   header.write('data', 50, 'ascii');
   header.writeUInt32LE(bytes.length, 54);
-  return Buffer.concat([header, bytes, Buffer.alloc(pad)]);
+  return unpooledConcat([header, bytes, Buffer.alloc(pad)]);
 }
 
 /**
@@ -196,12 +200,29 @@ async function readAll(body: ReadableStream<Uint8Array>, signal: AbortSignal, st
         throw new SpeechError('the audio from ElevenLabs broke off before the end', { cause: error, status });
       }
       if (signal.aborted) throw stopped();
-      if (read.done) return Buffer.concat(chunks);
+      if (read.done) return unpooledConcat(chunks);
       chunks.push(read.value);
     }
   } finally {
     signal.removeEventListener('abort', cancel);
   }
+}
+
+/**
+ * `Buffer.concat` for audio that is kept: `Buffer.concat` takes results under 4 KB
+ * from Node's shared 8 KB pool, so a cached short reply would pin a whole slab and
+ * the reply cache, which counts `bytes.length`, could hold about 8× its cap
+ * (docs/hardening.md, P4). `allocUnsafeSlow` gives the audio memory of its own.
+ */
+export function unpooledConcat(chunks: readonly Uint8Array[]): Buffer {
+  const total = chunks.reduce((sum, chunk) => sum + chunk.length, 0);
+  const out = Buffer.allocUnsafeSlow(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return out;
 }
 
 /** An error body, as far as it is worth reading; empty if it cannot be read. */

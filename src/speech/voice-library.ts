@@ -8,6 +8,7 @@
  * Synthesis is deduplicated: concurrent requests for the same text share one call.
  */
 import type { Speech, SynthesisedAudio } from './speech.ts';
+import { LinkedAbort } from '../http-client/linked-abort.ts';
 
 export interface VoiceLibraryOptions {
   speech: Speech;
@@ -80,8 +81,9 @@ export class VoiceLibrary {
   }
 
   #synthesise(request: Parameters<Speech['synthesise']>[0], signal: AbortSignal | undefined): Promise<SynthesisedAudio> {
-    const timeout = AbortSignal.timeout(this.#timeoutMs);
-    return this.#speech.synthesise(request, signal ? AbortSignal.any([signal, timeout]) : timeout);
+    const link = new LinkedAbort([signal]);
+    link.deadline(this.#timeoutMs, `no audio from speech synthesis within ${this.#timeoutMs} ms`);
+    return this.#speech.synthesise(request, link.signal).finally(() => link.dispose());
   }
 
   #keep(key: string, audio: SynthesisedAudio) {

@@ -82,6 +82,14 @@ describe('ElevenLabs speech', () => {
     expect(audio.bytes).toEqual(fakeAudioFor(text));
   });
 
+  it('gives short audio memory of its own, so the reply cache holds what it counts', async () => {
+    // A buffer cut from Node's shared 8 KB pool would keep the whole slab alive (P4).
+    elevenLabs.setBehaviour({ kind: 'audio', bytesPerChunk: 100 });
+    const audio = await speech().synthesise({ text: 'Yes.' }, AbortSignal.timeout(5000));
+    expect(audio.bytes.length).toBeLessThan(4096);
+    expect(audio.bytes.buffer.byteLength).toBe(audio.bytes.length);
+  });
+
   it('does not retry a wrong API key (401)', async () => {
     const error = await failureOf(speech({ apiKey: 'sk_wrong_key' }).synthesise({ text }, AbortSignal.timeout(5000)));
     expect(error.status).toBe(401);
