@@ -7,9 +7,9 @@
  * @see ../../src/agent/agent-client.ts
  * @see https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
+import { readBody, startLoopbackServer } from './loopback-server.ts';
 
 /** The JSON body the agent client posts. */
 export interface FakeAgentRequest {
@@ -64,10 +64,6 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
   let script: FakeAgentScript = options.behaviour ?? { kind: 'reply' };
   const requests: FakeAgentRequest[] = [];
   const sentChunks: string[] = [];
-
-  const server = createServer((req, res) => {
-    handle(req, res).catch(() => res.destroy());
-  });
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (req.method !== 'POST' || req.url !== '/chat') {
@@ -140,22 +136,16 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
     }
   }
 
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
+  const server = await startLoopbackServer(handle);
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     requests,
     sentChunks,
     setBehaviour(behaviour) {
       script = behaviour;
     },
-    close() {
-      return new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-    },
+    close: () => server.close(),
   };
 }
 
@@ -168,10 +158,4 @@ function chunkWords(answer: string, wordsPerChunk: number): string[] {
     chunks.push(words.slice(start, end).join(' ') + (end < words.length ? ' ' : ''));
   }
   return chunks;
-}
-
-async function readBody(req: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
 }

@@ -7,9 +7,9 @@
  * @see ../../src/speech/elevenlabs.ts
  * @see https://elevenlabs.io/docs/api-reference/text-to-speech/stream
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
+import { readBody, startLoopbackServer } from './loopback-server.ts';
 
 export interface FakeElevenLabsRequest {
   method: string;
@@ -74,10 +74,6 @@ export async function startFakeElevenLabs(
   let behaviour: FakeElevenLabsBehaviour = options.behaviour ?? { kind: 'audio' };
   let sequenceIndex = 0;
   const requests: FakeElevenLabsRequest[] = [];
-
-  const server = createServer((req, res) => {
-    handle(req, res).catch(() => res.destroy());
-  });
 
   function nextStep(): FakeElevenLabsStep {
     if (behaviour.kind !== 'sequence') return behaviour;
@@ -153,32 +149,20 @@ export async function startFakeElevenLabs(
     }
   }
 
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
+  const server = await startLoopbackServer(handle);
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     requests,
     setBehaviour(next) {
       behaviour = next;
       sequenceIndex = 0;
     },
-    close() {
-      return new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-    },
+    close: () => server.close(),
   };
 }
 
 /** ElevenLabs' error body shape. */
 function sendError(res: ServerResponse, status: number, detail: string, message: string): void {
   res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ detail: { status: detail, message } }));
-}
-
-async function readBody(req: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
 }
