@@ -73,7 +73,10 @@ export function buildApp(options: AppOptions) {
     bodyLimit: options.bodyLimit ?? 64 * 1024,
     // Per-request lines would dominate the log at call volume; calls log what matters.
     logController: new LogController({ disableRequestLogging: true }),
-    return503OnClosing: true,
+    // A request reaching an open connection during the SIGTERM drain is served (a
+    // 503 would be a 5xx to Twilio; the store stays open until the drain ends),
+    // and Fastify closes that connection after it (`Connection: close`).
+    return503OnClosing: false,
   });
 
   app.register(formbody);

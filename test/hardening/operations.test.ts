@@ -7,14 +7,15 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SimulatedCall } from '../../src/phone/twilio-caller.ts';
+import { newCallSid, parseTwiml, SimulatedCall } from '../../src/phone/twilio-caller.ts';
 import { SqliteCallStore } from '../../src/store/sqlite-store.ts';
 import { startFakeAgent, type FakeAgent } from '../fakes/agent-server.ts';
 import { startServerProcess, type ServerProcess } from '../support/server-process.ts';
 import { AUTH_TOKEN, PUBLIC_BASE_URL, spoken, startService } from '../support/service.ts';
-import { FaultyCallStore, figure, linesWithSecrets } from './support.ts';
+import { FaultyCallStore, figure, linesWithSecrets, twilioSignature } from './support.ts';
 
 const SERVER = fileURLToPath(new URL('../../src/server.ts', import.meta.url));
 
@@ -59,6 +60,83 @@ async function waitFor(condition: () => boolean, timeoutMs = 5_000) {
     if (Date.now() > until) throw new Error('condition not met in time');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** A signed Twilio webhook as raw HTTP/1.1 bytes on a keep-alive connection. */
+function rawWebhook(path: string, params: Record<string, string>): Buffer {
+  const body = new URLSearchParams(params).toString();
+  const head = [
+    `POST ${path} HTTP/1.1`,
+    'Host: 127.0.0.1',
+    'Connection: keep-alive',
+    'Content-Type: application/x-www-form-urlencoded',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    `X-Twilio-Signature: ${twilioSignature(path, params)}`,
+  ];
+  return Buffer.from(`${head.join('\r\n')}\r\n\r\n${body}`);
+}
+
+interface RawResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/**
+ * One HTTP/1.1 connection driven by hand, so a test controls when each byte of a
+ * request goes out (fetch would pool, retry and hide the connection).
+ */
+class RawConnection {
+  readonly #socket: Socket;
+  #received = Buffer.alloc(0);
+  #ended = false;
+  readonly closed: Promise<void>;
+
+  private constructor(socket: Socket) {
+    this.#socket = socket;
+    socket.on('data', (chunk: Buffer) => (this.#received = Buffer.concat([this.#received, chunk])));
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    socket.once('end', () => (this.#ended = true));
+    socket.on('error', () => undefined);
+  }
+
+  static async open(port: number): Promise<RawConnection> {
+    const socket = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+    return new RawConnection(socket);
+  }
+
+  write(bytes: Buffer): void {
+    this.#socket.write(bytes);
+  }
+
+  /** The next complete response on the connection. */
+  async response(timeoutMs = 10_000): Promise<RawResponse> {
+    let parsed: { response: RawResponse; size: number } | undefined;
+    await waitFor(() => (parsed = parseResponse(this.#received)) !== undefined || this.#ended, timeoutMs);
+    if (!parsed) throw new Error(`the connection ended without a complete response: ${JSON.stringify(this.#received.toString())}`);
+    this.#received = this.#received.subarray(parsed.size);
+    return parsed.response;
+  }
+
+  destroy(): void {
+    this.#socket.destroy();
+  }
+}
+
+function parseResponse(bytes: Buffer): { response: RawResponse; size: number } | undefined {
+  const headEnd = bytes.indexOf('\r\n\r\n');
+  if (headEnd < 0) return undefined;
+  const [statusLine = '', ...lines] = bytes.subarray(0, headEnd).toString('latin1').split('\r\n');
+  const headers: Record<string, string> = {};
+  for (const line of lines) {
+    const colon = line.indexOf(':');
+    headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+  }
+  const size = headEnd + 4 + Number(headers['content-length'] ?? 0);
+  if (bytes.length < size) return undefined;
+  const status = Number(statusLine.split(' ')[1]);
+  return { response: { status, headers, body: bytes.subarray(headEnd + 4, size).toString('utf8') }, size };
 }
 
 async function storedRecord(dataDir: string, callSid: string) {
@@ -119,6 +197,58 @@ describe('SIGTERM', () => {
     next.child.kill('SIGTERM');
     expect(await next.exited).toBe(0);
     figure('operations: SIGTERM with a webhook in flight and with a turn working after its hold: TwiML delivered, turns stored, exit 0');
+  });
+
+  it('serves a webhook that reaches an open keep-alive connection during the drain (TwiML, not a 503), then closes that connection', async () => {
+    const dataDir = tempDir();
+    const server = await serverProcess(dataDir, { WEBHOOK_DEADLINE_MS: '5000' });
+    const first = callerFor(server);
+    await first.dial();
+
+    // A second call's webhooks come on one keep-alive connection, as a load balancer reuses it.
+    const callSid = newCallSid();
+    const params = { CallSid: callSid, From: '+15550100003', To: '+15550100002', CallStatus: 'in-progress' };
+    const connection = await RawConnection.open(server.port);
+    try {
+      connection.write(rawWebhook('/voice', { ...params, CallStatus: 'ringing' }));
+      const greeted = await connection.response();
+      expect(greeted.status).toBe(200);
+      expect(greeted.headers.connection).not.toBe('close');
+
+      // The first call's turn is in flight when SIGTERM arrives...
+      agent.setBehaviour({ kind: 'reply', firstChunkDelayMs: 1_500 });
+      const asked = agent.requests.length;
+      const inFlight = first.webhook('/speech-result', { SpeechResult: 'Are you closing?', Confidence: '0.9' });
+      inFlight.catch(() => undefined); // awaited below; a failed assertion before that must not leave it unhandled
+      await waitFor(() => agent.requests.length > asked);
+      // ...and the second call's next webhook is on its way: its first bytes are in, the rest lands during the drain.
+      const next = rawWebhook('/speech-result', { ...params, SpeechResult: 'Are you open tomorrow?', Confidence: '0.9' });
+      connection.write(next.subarray(0, 24));
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      server.child.kill('SIGTERM');
+      await waitFor(() => server.output.some((line) => line.includes('shutting down')));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      connection.write(next.subarray(24));
+
+      const answer = await connection.response();
+      expect(answer.status, answer.body).toBe(200);
+      expect(answer.headers['content-type']).toMatch(/^text\/xml/);
+      parseTwiml(answer.body);
+      expect(answer.body).toContain('Agent heard: Are you open tomorrow? (history: 0)');
+      expect(answer.body).toContain('<Gather');
+      expect(answer.headers.connection).toBe('close');
+      await connection.closed;
+
+      expect((await inFlight).body).toContain('Agent heard: Are you closing? (history: 0)');
+      expect(await server.exited).toBe(0);
+      expect(server.output.some((line) => line.includes('shut down cleanly'))).toBe(true);
+      const record = await storedRecord(dataDir, callSid);
+      expect(record?.turns.map((t) => t.reply)).toEqual(['Agent heard: Are you open tomorrow? (history: 0)']);
+    } finally {
+      connection.destroy();
+      agent.setBehaviour({ kind: 'reply' });
+    }
+    figure('operations: a webhook arriving on a keep-alive connection during the SIGTERM drain: TwiML 200 with Connection: close, exit 0');
   });
 });
 
