@@ -26,9 +26,11 @@ import type { CallStore } from '../store/call-store.ts';
 import {
   callSidOf,
   callStartOf,
+  recoveredSpeechOf,
   speechEventOf,
   statusEventOf,
   WebhookInputError,
+  type SpeechEvent,
   type TwilioForm,
 } from '../twilio/events.ts';
 import { renderEmpty, renderRecovery, renderUnknownCall, ROUTES } from '../twilio/twiml.ts';
@@ -66,6 +68,11 @@ const TWIML = 'text/xml; charset=utf-8';
 /** Twilio waits about 15 s for TwiML; leave room for the network and a retry. */
 const DEFAULT_ANSWER_BUDGET_MS = 10_000;
 
+/** A webhook answered at its budget while its work goes on. */
+class AnswerBudgetExceeded extends Error {
+  override readonly name = 'AnswerBudgetExceeded';
+}
+
 export function buildApp(options: AppOptions) {
   const now = options.now ?? Date.now;
   const app = Fastify({
@@ -78,6 +85,9 @@ export function buildApp(options: AppOptions) {
     // and Fastify closes that connection after it (`Connection: close`).
     return503OnClosing: false,
   });
+
+  /** The caller's words on each `/speech-result`, for the recovery TwiML if the request fails. */
+  const callerWords = new WeakMap<FastifyRequest, SpeechEvent>();
 
   app.register(formbody);
   app.register(adminRoutes, { prefix: '/admin', store: options.store, adminToken: options.adminToken, now });
@@ -115,8 +125,10 @@ export function buildApp(options: AppOptions) {
     }
     request.log.error({ err: error, path: request.url.split('?')[0] }, 'request failed');
     if (request.routeOptions.config?.twilioWebhook) {
-      // Keep the caller on the line and try again through /continue.
-      return reply.code(200).type(TWIML).send(renderRecovery(recoveryAttempt(request), { baseUrl: options.publicBaseUrl, ...sayVoice(options) }));
+      // Keep the caller on the line and try again. Past the answer budget the work
+      // goes on with the caller's words; otherwise they go back with the retry.
+      const words = error instanceof AnswerBudgetExceeded ? undefined : callerWords.get(request);
+      return reply.code(200).type(TWIML).send(renderRecovery(recoveryAttempt(request), { baseUrl: options.publicBaseUrl, ...sayVoice(options) }, words));
     }
     return reply.code(500).type('text/plain').send('Internal Server Error');
   });
@@ -131,8 +143,11 @@ export function buildApp(options: AppOptions) {
   app.post(ROUTES.speechResult, webhook, async (request, reply) => {
     const body = form(request);
     const callSid = callSidOf(body);
-    const event = speechEventOf(body, now());
-    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, event, requestMeta(request)), request), options);
+    const recovered = recoveredSpeechOf(isForm(request.query) ? request.query : {});
+    const event = recovered ?? speechEventOf(body, now());
+    if (event.type === 'SPEECH') callerWords.set(request, event);
+    const work = recovered ? retrySpeech(callSid, recovered, request) : options.engine.handle(callSid, event, requestMeta(request));
+    return sendAnswer(reply, await withinBudget(work, request), options);
   });
 
   app.post(ROUTES.continue, webhook, async (request, reply) => {
@@ -183,13 +198,24 @@ export function buildApp(options: AppOptions) {
   });
 
   /**
+   * Words brought back by a recovery redirect. When the failed request had already
+   * claimed its turn (it was storing the answer that failed), the call holds them:
+   * pick that turn up rather than ask the agent the same question twice.
+   */
+  async function retrySpeech(callSid: string, event: SpeechEvent, request: FastifyRequest): Promise<EngineAnswer> {
+    const stored = await options.store.load(callSid);
+    const taken = stored?.record.path.some((step) => step.event === 'SPEECH' && step.at === event.at) ?? false;
+    return options.engine.handle(callSid, taken ? undefined : event, requestMeta(request));
+  }
+
+  /**
    * A slow store (or anything else) must not make Twilio give up on the call: past
    * the budget the error handler answers the recovery TwiML, and the work goes on
    * for the `/continue` that follows to pick up.
    */
   async function withinBudget<T>(work: Promise<T>, request: FastifyRequest): Promise<T> {
     const budgetMs = options.answerBudgetMs ?? DEFAULT_ANSWER_BUDGET_MS;
-    const overBudget = new Error(`no answer within the ${budgetMs} ms webhook budget`);
+    const overBudget = new AnswerBudgetExceeded(`no answer within the ${budgetMs} ms webhook budget`);
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => reject(overBudget), budgetMs);

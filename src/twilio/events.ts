@@ -41,14 +41,30 @@ export function callStartOf(form: TwilioForm): CallStart {
   };
 }
 
+export type SpeechEvent = Extract<CallEvent, { type: 'SPEECH' }>;
+
 /** A `<Gather>` result: words become SPEECH, nothing heard becomes SILENCE. */
-export function speechEventOf(form: TwilioForm, at: number): Extract<CallEvent, { type: 'SPEECH' | 'SILENCE' }> {
+export function speechEventOf(form: TwilioForm, at: number): SpeechEvent | Extract<CallEvent, { type: 'SILENCE' }> {
   const raw = single(form, 'SpeechResult') ?? '';
   // Control characters and text XML cannot hold are never speech; drop them before anything sees the text.
   const text = speakableText(raw).replace(/\s+/g, ' ').trim().slice(0, MAX_UTTERANCE_CHARS).toWellFormed();
   if (text === '') return { type: 'SILENCE', at };
   const confidence = confidenceOf(single(form, 'Confidence'));
   return confidence === undefined ? { type: 'SPEECH', text, at } : { type: 'SPEECH', text, confidence, at };
+}
+
+/**
+ * The caller's words brought back by a recovery `<Redirect>` (`renderRecovery`): in
+ * the query of a URL Twilio signs, checked like the form, with the time they were
+ * first heard. Undefined for a plain `<Gather>` result.
+ */
+export function recoveredSpeechOf(query: TwilioForm): SpeechEvent | undefined {
+  const heardAt = single(query, 'heardAt');
+  if (heardAt === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(heardAt)) throw new WebhookInputError('heardAt is malformed');
+  const event = speechEventOf(query, Number(heardAt));
+  if (event.type !== 'SPEECH') throw new WebhookInputError('SpeechResult is missing from a recovery redirect');
+  return event;
 }
 
 /** A status callback: HANGUP once the call is over, nothing for progress updates. */

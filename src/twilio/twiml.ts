@@ -99,12 +99,28 @@ export function renderUnknownCall(options: Pick<RenderOptions, 'sayVoice'>): str
 }
 
 export const MAX_RECOVERY_ATTEMPTS = 3;
+/** Twilio takes URLs of up to 4,000 characters (https://www.twilio.com/docs/api/errors/21609). */
+const MAX_URL_CHARS = 4_000;
+
+/** Caller's words that a failed `/speech-result` could not take. */
+export interface UntakenSpeech {
+  text: string;
+  confidence?: number;
+  /** When they were first heard (ms since epoch): the turn keeps that time. */
+  at: number;
+}
 
 /**
  * Something inside the service failed: keep the caller on the line and try again
  * through `/continue`, a few times, then end politely. Never a 5xx to Twilio.
+ * With `speech`, the retry goes back to `/speech-result` with the caller's words
+ * in its (signed) URL, so they need not say them again.
  */
-export function renderRecovery(attempt: number, options: Pick<RenderOptions, 'baseUrl' | 'sayVoice'>): string {
+export function renderRecovery(
+  attempt: number,
+  options: Pick<RenderOptions, 'baseUrl' | 'sayVoice'>,
+  speech?: UntakenSpeech,
+): string {
   const response = new VoiceResponse();
   const plain = { ...options, signAudio: (p: string) => p };
   if (attempt >= MAX_RECOVERY_ATTEMPTS) {
@@ -113,9 +129,32 @@ export function renderRecovery(attempt: number, options: Pick<RenderOptions, 'ba
   } else {
     say(response, 'Sorry, one moment please.', plain);
     response.pause({ length: 1 });
-    response.redirect({ method: 'POST' }, `${options.baseUrl}${ROUTES.continue}?attempt=${attempt + 1}`);
+    response.redirect({ method: 'POST' }, retryUrl(options.baseUrl, attempt + 1, speech));
   }
   return response.toString();
+}
+
+function retryUrl(baseUrl: string, attempt: number, speech: UntakenSpeech | undefined): string {
+  const pickUp = `${baseUrl}${ROUTES.continue}?attempt=${attempt}`;
+  if (!speech) return pickUp;
+  const query = new URLSearchParams({ attempt: String(attempt), heardAt: String(speech.at) });
+  if (speech.confidence !== undefined) query.set('Confidence', String(speech.confidence));
+  const head = `${baseUrl}${ROUTES.speechResult}?${query}&SpeechResult=`;
+  const words = formEncodedWithin(speech.text, MAX_URL_CHARS - head.length);
+  return words === '' ? pickUp : head + words;
+}
+
+/** The longest start of `text`, form-encoded, that fits in `budget` characters (whole characters only). */
+function formEncodedWithin(text: string, budget: number): string {
+  const whole = new URLSearchParams({ s: text }).toString().slice(2);
+  if (whole.length <= budget) return whole;
+  let encoded = '';
+  for (const char of text) {
+    const next = new URLSearchParams({ s: char }).toString().slice(2);
+    if (encoded.length + next.length > budget) break;
+    encoded += next;
+  }
+  return encoded;
 }
 
 /** For requests Twilio ignores the body of (status callbacks). */

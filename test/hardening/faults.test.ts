@@ -13,11 +13,12 @@ import { PHRASES } from '../../machines/call.machine.ts';
 import { parseTwiml } from '../../src/phone/twilio-caller.ts';
 import { SqliteCallStore } from '../../src/store/sqlite-store.ts';
 import type { CallRecord } from '../../src/store/call-store.ts';
+import { MAX_UTTERANCE_CHARS } from '../../src/twilio/events.ts';
 import { startFakeAgent, type FakeAgent, type FakeAgentScript } from '../fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs, type FakeElevenLabsBehaviour } from '../fakes/elevenlabs-server.ts';
 import { freePort } from '../support/server-process.ts';
-import { ELEVENLABS_KEY, spoken, startService } from '../support/service.ts';
-import { FaultyCallStore, figure } from './support.ts';
+import { ELEVENLABS_KEY, PUBLIC_BASE_URL, spoken, startService } from '../support/service.ts';
+import { FaultyCallStore, figure, signedForm, twilioSignature } from './support.ts';
 
 /** Short deadlines keep the suite fast; the production ones (3 s, 20 s) only scale the waits. */
 const FAST = { WEBHOOK_DEADLINE_MS: '500', AGENT_TIMEOUT_MS: '2500' };
@@ -51,6 +52,7 @@ async function faultyTurn(options: {
   refuseAgent?: boolean;
   eleven?: FakeElevenLabsBehaviour;
   store?: (store: FaultyCallStore) => void;
+  question?: string;
 }): Promise<FaultyTurn> {
   const agent = await startFakeAgent();
   const eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
@@ -79,7 +81,7 @@ async function faultyTurn(options: {
     if (options.agent) agent.setBehaviour(options.agent);
     if (options.eleven) eleven.setBehaviour(options.eleven);
     options.store?.(store);
-    const turn = await call.say(QUESTION);
+    const turn = await call.say(options.question ?? QUESTION);
     for (const document of turn.documents) parseTwiml(document);
     const record = await store.getRecord(call.callSid);
 
@@ -107,6 +109,15 @@ async function faultyTurn(options: {
     await eleven.close();
     rmSync(dataDir, { recursive: true, force: true });
   }
+}
+
+/** The URL of a TwiML document's `<Redirect>`. */
+function redirectOf(document: string): string {
+  const verbs = parseTwiml(document);
+  const redirect = verbs.find((verb) => 'Redirect' in verb);
+  const text = (redirect?.Redirect as Array<{ '#text'?: string }> | undefined)?.map((t) => t['#text'] ?? '').join('');
+  if (!text) throw new Error(`no <Redirect> in ${document}`);
+  return text;
 }
 
 function row(fault: string, turn: FaultyTurn, recorded: string | undefined) {
@@ -293,31 +304,81 @@ describe.concurrent('store faults: the caller is kept on the line, and nothing c
     row('store answers in 700 ms (turn over the budget)', turn, 'turn stored; webhook answered at the budget');
   });
 
-  it('throws when the turn is claimed: the caller hears "one moment", then is asked again', async () => {
+  it('throws when the turn is claimed: the caller hears "one moment", then the answer, without repeating the question', async () => {
     const turn = await faultyTurn({ store: (s) => s.failNext('commit', 1) });
-    expect(turn.heard[0]).toBe('Sorry, one moment please.');
-    expect(turn.heard.at(-1)).toBe(PHRASES.greeting);
-    expect(turn.record?.turns).toEqual([]);
+    expect(turn.heard.filter((h) => h !== '[Pause]')).toEqual(['Sorry, one moment please.', REPLY]);
+    // The question reached the agent once the store was back: the caller did not have to say it again.
+    expect(turn.agent.requests.map((r) => r.message)).toEqual([QUESTION, 'And now?']);
+    expect(turn.record?.turns.map((t) => [t.caller, t.confidence, t.reply])).toEqual([[QUESTION, 0.92, REPLY]]);
     expect(turn.logs.some((l) => l.message === 'request failed' && JSON.stringify(l.err).includes('injected store failure'))).toBe(true);
     listensAgain(turn);
-    row('store throws on the claiming commit', turn, 'nothing (the store was down); logged');
+    row('store throws on the claiming commit', turn, 'the turn, stored on the retry; logged');
   });
 
-  it('throws when the answer is stored: the retry stores it and the caller hears it', async () => {
+  it('throws when the answer is stored: the retry stores it and the caller hears it, the agent asked once', async () => {
     const turn = await faultyTurn({ store: (s) => s.failNext('commit', 1, 1) });
     expect(turn.heard[0]).toBe('Sorry, one moment please.');
     expect(turn.heard.at(-1)).toBe(REPLY);
     expect(turn.record?.turns.map((t) => t.reply)).toEqual([REPLY]);
+    // The retry carried the words too, but the call had them already: no second turn.
+    expect(turn.agent.requests.map((r) => r.message)).toEqual([QUESTION, 'And now?']);
     listensAgain(turn);
     row('store throws on the answer commit', turn, 'turn stored on the retry');
   });
 
-  it('throws on load: the caller hears "one moment", then is asked again', async () => {
+  it('throws on load: the caller hears "one moment" twice, then the answer, without repeating the question', async () => {
     const turn = await faultyTurn({ store: (s) => s.failNext('load', 2) });
-    expect(turn.heard.filter((h) => h !== '[Pause]')).toEqual(['Sorry, one moment please.', 'Sorry, one moment please.', PHRASES.greeting]);
-    expect(turn.record?.turns).toEqual([]);
+    expect(turn.heard.filter((h) => h !== '[Pause]')).toEqual(['Sorry, one moment please.', 'Sorry, one moment please.', REPLY]);
+    expect(turn.agent.requests.map((r) => r.message)).toEqual([QUESTION, 'And now?']);
+    expect(turn.record?.turns.map((t) => t.reply)).toEqual([REPLY]);
     listensAgain(turn);
-    row('store throws on load (twice)', turn, 'nothing (the store was down); logged');
+    row('store throws on load (twice)', turn, 'the turn, stored on the retry; logged');
+  });
+
+  it('throws on load with a long utterance: the retry URL stays within Twilio\'s 4,000 characters and the agent gets the words that fit', async () => {
+    const question = `Können Sie mir sagen, wann Sie öffnen? ${'日本語のテキスト'.repeat(250)}`.slice(0, MAX_UTTERANCE_CHARS);
+    const turn = await faultyTurn({ store: (s) => s.failNext('load', 1), question });
+    const redirect = redirectOf(turn.documents[0]!);
+    expect(redirect.length).toBeLessThanOrEqual(4_000);
+    expect(redirect.length).toBeGreaterThan(3_900);
+    const asked = turn.agent.requests[0]?.message ?? '';
+    expect(asked.startsWith('Können Sie mir sagen, wann Sie öffnen? 日本語')).toBe(true);
+    expect(question.startsWith(asked)).toBe(true);
+    expect(turn.heard.at(-1)).toBe(`Agent heard: ${asked} (history: 0)`);
+    listensAgain(turn);
+    row(`store throws on load, ${question.length}-character utterance`, turn, `the first ${asked.length} characters, stored on the retry`);
+  });
+
+  it('takes the words back only through the signed redirect: a retry URL with other words is refused', async () => {
+    const agent = await startFakeAgent();
+    const dataDir = mkdtempSync(join(tmpdir(), 'heyai-faults-'));
+    const store = new FaultyCallStore(new SqliteCallStore(dataDir));
+    const svc = await startService({ ...FAST, KOOZIE_AGENT_URI: agent.url }, { store, dataDir });
+    try {
+      const call = svc.call();
+      await call.dial();
+      store.failNext('load', 1);
+      const recovery = await call.webhook('/speech-result', { SpeechResult: QUESTION, Confidence: '0.9' });
+      const path = redirectOf(recovery.body).slice(PUBLIC_BASE_URL.length);
+      expect(path).toMatch(/^\/speech-result\?attempt=1&heardAt=\d+&Confidence=0\.9&SpeechResult=What\+time\+do\+you\+open%3F$/);
+      const params = { CallSid: call.callSid, From: '+15550100001', To: '+15550100002', CallStatus: 'in-progress' };
+      const forged = await fetch(svc.address + path.replace('open', 'close'), {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-twilio-signature': twilioSignature(path, params) },
+        body: new URLSearchParams(params).toString(),
+      });
+      expect(forged.status).toBe(403);
+      expect((await signedForm(svc.address, path.replace('heardAt=', 'heardAt=x'), Object.entries(params))).status).toBe(400);
+      expect(agent.requests).toEqual([]);
+      const genuine = await signedForm(svc.address, path, Object.entries(params));
+      expect(genuine.status).toBe(200);
+      expect(genuine.body).toContain(REPLY);
+      expect(agent.requests.map((r) => r.message)).toEqual([QUESTION]);
+    } finally {
+      await svc.close();
+      await agent.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it('stays down: the caller hears a polite goodbye, not an application error', async () => {
