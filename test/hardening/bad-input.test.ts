@@ -165,6 +165,23 @@ const webhookCase: fc.Arbitrary<WebhookCase> = fc.record({
     { weight: 6, arbitrary: fc.constant('') },
     { weight: 1, arbitrary: fc.constantFrom('?attempt=1', '?attempt=2', '?attempt=99', '?attempt=-1', '?attempt=1&attempt=2', '?attempt=%00', '?x=<Hangup/>', '?attempt=1e3') },
     { weight: 1, arbitrary: hostileText.filter((t) => t.length < 300).map((t) => `?attempt=${encodeURIComponent(t.toWellFormed())}`) },
+    // A recovery redirect carries the caller's words back in its (signed) URL: hostile ones too.
+    {
+      weight: 1,
+      arbitrary: fc
+        .record({
+          attempt: fc.constantFrom('1', '2', '3', 'x'),
+          heardAt: fc.oneof(fc.nat().map(String), fc.constantFrom('', '-1', '1e3', '9'.repeat(16), '12&heardAt=13'), hostileText.filter((t) => t.length < 40)),
+          speech: fc.option(hostileText.filter((t) => t.length < 300), { nil: undefined }),
+          confidence: fc.option(fc.oneof(fc.double().map(String), fc.constantFrom('0.9', 'NaN', '')), { nil: undefined }),
+        })
+        .map(({ attempt, heardAt, speech, confidence }) => {
+          const q = new URLSearchParams({ attempt, heardAt });
+          if (speech !== undefined) q.append('SpeechResult', speech.toWellFormed());
+          if (confidence !== undefined) q.append('Confidence', confidence);
+          return `?${q.toString()}`;
+        }),
+    },
   ),
   callSid: fc.option(callSidValue, { nil: undefined, freq: 12 }),
   repeatCallSid: fc.oneof({ weight: 9, arbitrary: fc.constant(false) }, { weight: 1, arbitrary: fc.constant(true) }),
