@@ -5,10 +5,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../tools/free-port.ts';
 import type { FakeRequestLog, FakesLatency, FakesMessage, FakesReply } from './fakes-process.ts';
 import type { ProbeReply } from './service-probe.ts';
 
@@ -70,17 +70,6 @@ export interface ServiceProcess {
   /** Heap (optionally after a full GC) and event-loop delay, when started with `probe`. */
   probe(options: { gc: boolean; reset: boolean }): Promise<ProbeReply>;
   close(): Promise<void>;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
 }
 
 /**

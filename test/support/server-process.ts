@@ -3,8 +3,11 @@
  * runs), for tests that kill it: SIGKILL mid-call, SIGTERM drains.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { freePort } from '../../tools/free-port.ts';
+
+/** For tests that need a free port of their own (tools/free-port.ts, shared with the benchmark). */
+export { freePort };
 
 const SERVER = fileURLToPath(new URL('../../src/server.ts', import.meta.url));
 
@@ -15,17 +18,6 @@ export interface ServerProcess {
   output: string[];
   /** Resolves with the exit code (or signal name). */
   exited: Promise<number | string>;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
-    });
-  });
 }
 
 export async function startServerProcess(env: Record<string, string>, port?: number): Promise<ServerProcess> {
