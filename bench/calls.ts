@@ -16,6 +16,7 @@
  * - the webhooks it took, each with its own time, so run.ts can subtract the
  *   time the service spent waiting on the fakes of this call.
  */
+import { subscribe } from 'node:diagnostics_channel';
 import { PHRASES } from '../machines/call.machine.ts';
 import { SimulatedCall, type Heard } from '../src/phone/twilio-caller.ts';
 import { fakeAudioFor } from '../test/fakes/elevenlabs-server.ts';
@@ -28,7 +29,13 @@ export const SPOKEN_CHARS_PER_SEC = 15;
 export interface WebhookTiming {
   callSid: string;
   path: string;
+  /** Twilio's idempotency token of the request: the service's own log names the webhook by it. */
+  token: string;
+  /** `fetch` called. */
   startedAt: number;
+  /** The request fully written to the socket (undefined if the diagnostics channel missed it). */
+  sentAt?: number;
+  /** The answer read. */
   endedAt: number;
   body: string;
 }
@@ -248,16 +255,34 @@ export function playbackMs(heard: Heard): number {
   }
 }
 
+const TOKEN_HEADER = 'i-twilio-idempotency-token';
+/** When each webhook, by its token, was fully written to its socket (fetch's own diagnostics channels). */
+const sentAtByToken = new Map<string, number>();
+const tokenOfRequest = new WeakMap<object, string>();
+subscribe('undici:request:create', (message) => {
+  const { request } = message as { request: { headers: unknown } };
+  const headers = Array.isArray(request.headers) ? (request.headers as unknown[]) : [];
+  const at = headers.findIndex((h, i) => i % 2 === 0 && String(h).toLowerCase() === TOKEN_HEADER);
+  if (at >= 0) tokenOfRequest.set(request, String(headers[at + 1]));
+});
+subscribe('undici:request:bodySent', (message) => {
+  const token = tokenOfRequest.get((message as { request: object }).request);
+  if (token !== undefined) sentAtByToken.set(token, clock());
+});
+
 /** `fetch` that notes when each webhook was sent and its answer fully read. */
 function timedFetch(record: (timing: Omit<WebhookTiming, 'callSid'>) => void): typeof fetch {
   return async (input, init) => {
     const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
+    const token = new Headers(init?.headers).get(TOKEN_HEADER) ?? '';
     const startedAt = clock();
     const response = await fetch(input, init);
     const bytes = Buffer.from(await response.arrayBuffer());
     const endedAt = clock();
     if ((init?.method ?? 'GET') === 'POST') {
-      record({ path: url.pathname, startedAt, endedAt, body: bytes.toString('utf8') });
+      const sentAt = sentAtByToken.get(token);
+      sentAtByToken.delete(token);
+      record({ path: url.pathname, token, startedAt, ...(sentAt !== undefined && sentAt >= startedAt ? { sentAt } : {}), endedAt, body: bytes.toString('utf8') });
     }
     const empty = [101, 204, 205, 304].includes(response.status);
     return new Response(empty ? null : bytes, { status: response.status, statusText: response.statusText, headers: response.headers });

@@ -37,6 +37,8 @@ export interface FakesLatency {
 export interface FakeRequestLog {
   kind: 'agent' | 'tts';
   arrivedAt: number;
+  /** The service's end of the connection: its requests are matched to the service's own log by it. */
+  remotePort?: number;
   /** Response finished (last byte handed to the socket). */
   endedAt?: number;
   /** Agent: each `text` chunk and when it was written. TTS: when the first audio byte was written. */
@@ -65,6 +67,7 @@ subscribe('http.server.request.start', (message) => {
   const { request, response } = message as { request: IncomingMessage; response: ServerResponse };
   const kind = request.url?.startsWith('/chat') ? 'agent' : 'tts';
   const entry: FakeRequestLog = { kind, arrivedAt: clock(), chunks: [] };
+  if (request.socket.remotePort !== undefined) entry.remotePort = request.socket.remotePort;
   const state = { entry, body: [] as Buffer[] };
   open.set(request, state);
   log.push(entry);

@@ -1,30 +1,63 @@
 /**
- * The service's own time per webhook: the webhook's total time (as Twilio sees
- * it, request sent to answer read) minus the time the service spent waiting on
- * the fakes for that webhook, taken from the fakes' own request log.
+ * The service's own time per webhook: the webhook's time in the service minus the
+ * time the service spent waiting on the fakes for that webhook.
+ *
+ * Three processes share the machine's two cores, and each is charged only for its
+ * own side of every exchange: a process's time runs from the moment a request is
+ * fully written to its socket to the moment it hands the last byte of its answer
+ * to the kernel. So, per webhook:
+ *
+ * - its window runs from the benchmark's caller having written the request (the
+ *   caller's `undici:request:bodySent`) to the service having written the answer
+ *   (the service's `http.server.response.finish`, reported by
+ *   bench/service-probe.ts). Before that the time is the caller's (its loop was
+ *   busy, it had not sent yet), after it the caller's again (reading the answer).
+ *   The service's own lateness in reading the request is in the window.
+ * - a wait on a fake runs from the service having written its whole request to
+ *   the fake (the service's `undici:request:bodySent`; matched to the fake's log
+ *   by the connection's port and the headers written before the fake saw them) to
+ *   the fake having written its last byte. A fake slow to read the request is the
+ *   fake's time; the service slow to read the answer is the service's.
+ * - the full collections the benchmark forces in the service to measure memory
+ *   are the benchmark's: they count as waits too.
  *
  * What a webhook waited for depends on what it answered:
  * - answer audio (`/audio/call/<CallSid>/t<turn>[p<piece>]`): the agent, from its
- *   request arriving to the last chunk it wrote before ElevenLabs was asked for the
- *   last piece played, and ElevenLabs for every piece up to that one (request
- *   arriving to response finished);
+ *   request to the last chunk it wrote before ElevenLabs was asked for the last
+ *   piece played, and ElevenLabs for every piece up to that one;
  * - a hold (`<Redirect>` and no answer audio): everything of this call's turn that
  *   was under way, since the webhook was waiting on it until its deadline;
  * - anything else (greeting, re-prompt, goodbye, status callback, a continuation
  *   whose audio was ready): nothing.
  * The waits are merged as intervals and clipped to the webhook, so two pieces
  * synthesised in parallel count once.
+ *
+ * Also per webhook: how much of its own time the service's main thread spent ready
+ * to run but waiting for a CPU held by another process (schedstat, sampled), and
+ * the figure by the former method, which took the window and the waits on the
+ * benchmark's and the fakes' clocks (request sent to answer read; request arrived
+ * at the fake to response finished) and so charged the service for the other two
+ * processes' stalls.
  */
 import type { FakeRequestLog } from './fakes-process.ts';
 import type { WebhookTiming } from './calls.ts';
 import { orderIn } from './scenario.ts';
+import type { TimingsReply } from './service-probe.ts';
 
 export interface WebhookOverhead {
   path: string;
   kind: 'answer' | 'hold' | 'plain';
+  /** As the caller saw it: request sent to answer read. */
   totalMs: number;
   waitMs: number;
+  /** The service's own time. */
   overheadMs: number;
+  /** Of the own time, how long the service's main thread waited for a CPU another process had. */
+  cpuWaitMs: number;
+  /** The former method: caller's and fakes' clocks. */
+  formerMs: number;
+  /** The webhook in the service (monotonic clock, ms), to look it up in a profile of the service. */
+  window: [number, number];
   /** For answers: before the agent was asked, between the agent's text and ElevenLabs, after the audio. */
   stages?: { beforeAgentMs: number; agentToSpeechMs: number; afterSpeechMs: number };
 }
@@ -33,6 +66,8 @@ export interface OverheadResult {
   webhooks: WebhookOverhead[];
   /** Webhooks whose waits could not be matched to the fakes' log (left out of the figures). */
   unmatched: number;
+  /** Webhooks or fake requests timed on the other process's clock because the service's log missed them. */
+  unmatchedInService: number;
 }
 
 interface CallLog {
@@ -42,17 +77,37 @@ interface CallLog {
   tts: FakeRequestLog[][];
 }
 
+type Interval = [number, number];
+
 const ANSWER_AUDIO = /\/audio\/call\/CA[0-9a-f]{32}\/t(\d+)(?:p(\d+))?/g;
 
-export function measureOverhead(webhooks: WebhookTiming[], fakes: FakeRequestLog[], orderOfCall: Map<string, number>): OverheadResult {
+export function measureOverhead(
+  webhooks: WebhookTiming[],
+  fakes: FakeRequestLog[],
+  orderOfCall: Map<string, number>,
+  service: TimingsReply,
+): OverheadResult {
   const logs = indexByCall(fakes, orderOfCall);
-  const result: OverheadResult = { webhooks: [], unmatched: 0 };
+  const served = new Map(service.webhooks.map((w) => [w.token, w]));
+  const sentBy = sentByPort(service.requests);
+  const cpuWaited = cumulative(service.cpuWait);
+  const result: OverheadResult = { webhooks: [], unmatched: 0, unmatchedInService: 0 };
+  /** When the service had written its request to the fake (the fake's arrival if the service's log missed it). */
+  const sentToFake = (request: FakeRequestLog): number => {
+    const sent = request.remotePort === undefined ? undefined : sentBefore(sentBy.get(request.remotePort), request.arrivedAt);
+    if (sent === undefined) result.unmatchedInService++;
+    return sent ?? request.arrivedAt;
+  };
   for (const webhook of webhooks) {
     const totalMs = webhook.endedAt - webhook.startedAt;
+    const finishedAt = served.get(webhook.token)?.finishedAt;
+    if (finishedAt === undefined || webhook.sentAt === undefined) result.unmatchedInService++;
+    const from = webhook.sentAt ?? webhook.startedAt;
+    const to = finishedAt ?? webhook.endedAt;
     const log = logs.get(webhook.callSid);
     const pieces = [...webhook.body.matchAll(ANSWER_AUDIO)].map((m) => ({ turn: Number(m[1]), piece: Number(m[2] ?? 0) }));
     let kind: WebhookOverhead['kind'] = 'plain';
-    let waits: Array<[number, number]> = [];
+    let waits: Array<{ sent: number; arrived: number; ended: number }> = [];
     let stages: WebhookOverhead['stages'];
     if (pieces.length > 0) {
       kind = 'answer';
@@ -64,25 +119,64 @@ export function measureOverhead(webhooks: WebhookTiming[], fakes: FakeRequestLog
         result.unmatched++;
         continue;
       }
-      const asked = tts[last]!.arrivedAt;
+      const played = tts.slice(0, last + 1);
+      const asked = sentToFake(tts[last]!);
       const lastChunk = agent.chunks.filter((c) => c.at <= asked).at(-1)?.at ?? agent.arrivedAt;
-      waits = [[agent.arrivedAt, lastChunk], ...tts.slice(0, last + 1).map((r): [number, number] => [r.arrivedAt, r.endedAt ?? Infinity])];
+      // The former method cut the agent at the last chunk before ElevenLabs saw the request.
+      const lastChunkFormer = agent.chunks.filter((c) => c.at <= tts[last]!.arrivedAt).at(-1)?.at ?? agent.arrivedAt;
+      waits = [
+        { sent: sentToFake(agent), arrived: agent.arrivedAt, ended: lastChunk },
+        ...played.map((r) => ({ sent: sentToFake(r), arrived: r.arrivedAt, ended: r.endedAt ?? Infinity })),
+      ];
+      const formerWaits: Interval[] = [[agent.arrivedAt, lastChunkFormer], ...played.map((r): Interval => [r.arrivedAt, r.endedAt ?? Infinity])];
       stages = {
-        beforeAgentMs: Math.max(0, agent.arrivedAt - webhook.startedAt),
+        beforeAgentMs: Math.max(0, waits[0]!.sent - from),
         agentToSpeechMs: Math.max(0, asked - lastChunk),
-        afterSpeechMs: Math.max(0, webhook.endedAt - Math.max(...tts.slice(0, last + 1).map((r) => r.endedAt ?? webhook.endedAt))),
+        afterSpeechMs: Math.max(0, to - Math.max(...played.map((r) => r.endedAt ?? to))),
       };
-    } else if (webhook.body.includes('<Redirect')) {
+      result.webhooks.push(figures(webhook, kind, [from, to], waits, formerWaits, service.forcedGc, cpuWaited, stages));
+      continue;
+    }
+    if (webhook.body.includes('<Redirect')) {
       kind = 'hold';
       const turn = (log?.agent ?? []).filter((a) => a.arrivedAt <= webhook.endedAt).length - 1;
       if (log && turn >= 0) {
-        waits = [log.agent[turn]!, ...(log.tts[turn] ?? [])].map((r): [number, number] => [r.arrivedAt, r.endedAt ?? Infinity]);
+        waits = [log.agent[turn]!, ...(log.tts[turn] ?? [])].map((r) => ({ sent: sentToFake(r), arrived: r.arrivedAt, ended: r.endedAt ?? Infinity }));
       }
     }
-    const waitMs = coveredMs(waits, webhook.startedAt, webhook.endedAt);
-    result.webhooks.push({ path: webhook.path, kind, totalMs, waitMs, overheadMs: totalMs - waitMs, ...(stages ? { stages } : {}) });
+    const formerWaits = waits.map((w): Interval => [w.arrived, w.ended]);
+    result.webhooks.push(figures(webhook, kind, [from, to], waits, formerWaits, service.forcedGc, cpuWaited, stages));
   }
   return result;
+}
+
+function figures(
+  webhook: WebhookTiming,
+  kind: WebhookOverhead['kind'],
+  window: Interval,
+  waits: Array<{ sent: number; ended: number }>,
+  formerWaits: Interval[],
+  forcedGc: Interval[],
+  cpuWaited: (at: number) => number,
+  stages: WebhookOverhead['stages'],
+): WebhookOverhead {
+  const [from, to] = window;
+  const outside = merged([...waits.map((w): Interval => [w.sent, w.ended]), ...forcedGc], from, to);
+  const waitMs = outside.reduce((sum, [a, b]) => sum + b - a, 0);
+  const own = gaps(outside, from, to);
+  const cpuWaitMs = own.reduce((sum, [a, b]) => sum + Math.max(0, cpuWaited(b) - cpuWaited(a)), 0);
+  const formerCovered = merged(formerWaits, webhook.startedAt, webhook.endedAt).reduce((sum, [a, b]) => sum + b - a, 0);
+  return {
+    path: webhook.path,
+    kind,
+    totalMs: webhook.endedAt - webhook.startedAt,
+    waitMs,
+    overheadMs: Math.max(0, to - from - waitMs),
+    cpuWaitMs,
+    formerMs: webhook.endedAt - webhook.startedAt - formerCovered,
+    window,
+    ...(stages ? { stages } : {}),
+  };
 }
 
 function indexByCall(fakes: FakeRequestLog[], orderOfCall: Map<string, number>): Map<string, CallLog> {
@@ -110,18 +204,73 @@ function indexByCall(fakes: FakeRequestLog[], orderOfCall: Map<string, number>):
   return logs;
 }
 
-/** How much of [from, to] the intervals cover together. */
-function coveredMs(intervals: Array<[number, number]>, from: number, to: number): number {
+/** The service's requests by its local port, in the order they were written (one at a time per connection). */
+function sentByPort(requests: TimingsReply['requests']): Map<number, TimingsReply['requests']> {
+  const byPort = new Map<number, TimingsReply['requests']>();
+  for (const request of requests) {
+    let list = byPort.get(request.localPort);
+    if (!list) byPort.set(request.localPort, (list = []));
+    list.push(request);
+  }
+  for (const list of byPort.values()) list.sort((a, b) => a.headersAt - b.headersAt);
+  return byPort;
+}
+
+/** The request on that connection whose headers were the last written before the fake saw a request: its body fully written. */
+function sentBefore(sorted: TimingsReply['requests'] | undefined, arrivedAt: number): number | undefined {
+  if (!sorted) return undefined;
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid]!.headersAt <= arrivedAt) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo > 0 ? sorted[lo - 1]!.sentAt : undefined;
+}
+
+/** A sampled cumulative counter as a function of time, linear between samples. */
+function cumulative(samples: Array<[number, number]>): (at: number) => number {
+  return (at) => {
+    if (samples.length === 0) return 0;
+    let lo = 0;
+    let hi = samples.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (samples[mid]![0] <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === 0) return samples[0]![1];
+    if (lo === samples.length) return samples[lo - 1]![1];
+    const [t0, v0] = samples[lo - 1]!;
+    const [t1, v1] = samples[lo]!;
+    return v0 + ((v1 - v0) * (at - t0)) / (t1 - t0);
+  };
+}
+
+/** The intervals clipped to [from, to], sorted and merged. */
+function merged(intervals: Interval[], from: number, to: number): Interval[] {
   const clipped = intervals
-    .map(([a, b]): [number, number] => [Math.max(a, from), Math.min(b, to)])
+    .map(([a, b]): Interval => [Math.max(a, from), Math.min(b, to)])
     .filter(([a, b]) => b > a)
     .sort((x, y) => x[0] - y[0]);
-  let covered = 0;
-  let end = -Infinity;
+  const out: Interval[] = [];
   for (const [a, b] of clipped) {
-    if (b <= end) continue;
-    covered += b - Math.max(a, end);
-    end = b;
+    const last = out.at(-1);
+    if (last && a <= last[1]) last[1] = Math.max(last[1], b);
+    else out.push([a, b]);
   }
-  return covered;
+  return out;
+}
+
+/** What of [from, to] the merged intervals leave uncovered. */
+function gaps(covered: Interval[], from: number, to: number): Interval[] {
+  const out: Interval[] = [];
+  let at = from;
+  for (const [a, b] of covered) {
+    if (a > at) out.push([at, a]);
+    at = Math.max(at, b);
+  }
+  if (to > at) out.push([at, to]);
+  return out;
 }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../tools/free-port.ts';
 import type { FakeRequestLog, FakesLatency, FakesMessage, FakesReply } from './fakes-process.ts';
-import type { ProbeReply } from './service-probe.ts';
+import type { ProbeReply, TimingsReply } from './service-probe.ts';
 
 const FAKES = fileURLToPath(new URL('./fakes-process.ts', import.meta.url));
 const SERVER = fileURLToPath(new URL('../src/server.ts', import.meta.url));
@@ -67,8 +67,10 @@ export interface ServiceProcess {
   /** From spawn to the first `/healthz` 200. */
   readyMs: number;
   output: string[];
-  /** Heap (optionally after a full GC) and event-loop delay, when started with `probe`. */
+  /** Heap (optionally after a full GC), event-loop delay and GC pauses, when started with `probe`. */
   probe(options: { gc: boolean; reset: boolean }): Promise<ProbeReply>;
+  /** The service's own timings since the last call (webhooks, its requests to the fakes, CPU waits), with `probe`. */
+  timings(): Promise<TimingsReply>;
   close(): Promise<void>;
 }
 
@@ -76,15 +78,22 @@ export interface ServiceProcess {
  * Starts `node src/server.ts` with a fresh DATA_DIR and waits for `/healthz`,
  * polling every `pollMs`. The environment is only what is passed plus PATH: no
  * settings leak in from the shell running the benchmark. With `probe`, the
- * process also loads bench/service-probe.ts (cold-start runs do not).
+ * process also loads bench/service-probe.ts (cold-start runs do not);
+ * `nodeOptions` go to node before everything else (`--cpu-prof`, `--trace-gc`);
+ * `cpus` confines the service to those CPUs (`taskset -c`, Linux).
  */
-export async function startService(env: Record<string, string>, options: { pollMs?: number; probe?: boolean } = {}): Promise<ServiceProcess> {
+export async function startService(
+  env: Record<string, string>,
+  options: { pollMs?: number; probe?: boolean; nodeOptions?: string[]; cpus?: string } = {},
+): Promise<ServiceProcess> {
   const dataDir = mkdtempSync(join(tmpdir(), 'heyai-bench-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const startedAt = clock();
-  const args = options.probe ? ['--expose-gc', '--import', PROBE, SERVER] : [SERVER];
-  const child = spawn(process.execPath, args, {
+  const args = [...(options.nodeOptions ?? []), ...(options.probe ? ['--expose-gc', '--import', PROBE] : []), SERVER];
+  // taskset execs node in its own process: the pid is the service's.
+  const [command, commandArgs] = options.cpus ? ['taskset', ['-c', options.cpus, process.execPath, ...args]] : [process.execPath, args];
+  const child = spawn(command, commandArgs, {
     env: {
       PATH: process.env.PATH ?? '',
       HOST: '127.0.0.1',
@@ -125,17 +134,27 @@ export async function startService(env: Record<string, string>, options: { pollM
     pid: child.pid!,
     readyMs,
     output,
-    probe: ({ gc, reset }) =>
-      new Promise((resolve, reject) => {
-        if (!child.connected) return reject(new Error('the service was not started with the probe'));
-        child.once('message', (message: ProbeReply) => resolve(message));
-        child.send({ type: 'probe', gc, reset });
-      }),
+    probe: ({ gc, reset }) => ask<ProbeReply>(child, { type: 'probe', gc, reset }),
+    timings: () => ask<TimingsReply>(child, { type: 'timings' }),
     async close() {
       await stop(child);
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/** One question to bench/service-probe.ts and its answer (of the same type). */
+function ask<T extends { type: string }>(child: ChildProcess, message: { type: T['type'] } & Record<string, unknown>): Promise<T> {
+  return new Promise((resolve, reject) => {
+    if (!child.connected) return reject(new Error('the service was not started with the probe'));
+    const onMessage = (reply: { type?: string }) => {
+      if (reply.type !== message.type) return;
+      child.off('message', onMessage);
+      resolve(reply as T);
+    };
+    child.on('message', onMessage);
+    child.send(message);
+  });
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -159,4 +178,18 @@ export function cpuMs(pid: number): number {
   // Fields after the command name, which is in parentheses and may hold spaces.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** CPU time of this process (user + system), ms. */
+export function ownCpuMs(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1000;
+}
+
+/** CPU time of the whole machine, ms summed over cores: busy, and busy + idle (/proc/stat, 10 ms ticks). */
+export function machineCpu(): { busyMs: number; totalMs: number } {
+  const ticks = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const idle = ticks[3]! + ticks[4]!;
+  const total = ticks.reduce((a, b) => a + b, 0);
+  return { busyMs: (total - idle) * 10, totalMs: total * 10 };
 }

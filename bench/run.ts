@@ -11,7 +11,9 @@
  *   allow, and next to the old way (whole answer, then its synthesis), which the
  *   service still runs with REPLY_PIECES=whole.
  * - load: `--load-calls` concurrent calls the same way: the service's own time
- *   per webhook (total minus the time waiting on the fakes), memory per call.
+ *   per webhook (its time in the service minus the time waiting on the fakes,
+ *   each process timed on its own side: bench/overhead.ts), memory per call, GC
+ *   pauses, and how much CPU the other processes on the machine took.
  * - capacity: callers asking back to back, nobody listening: turns per second
  *   and CPU per turn.
  * - webhooks: cheap webhooks back to back: webhooks per second.
@@ -19,6 +21,8 @@
  *
  *   npm run bench -- --calls 50 --turns 3 --agent-first-ms 300 --tokens-per-sec 40 --tts-first-byte-ms 150
  *   npm run bench -- --phases latency --calls 10
+ *   npm run bench -- --phases load --service-node-options="--cpu-prof --cpu-prof-dir=prof"
+ *   taskset -c 0 npm run bench -- --phases load --service-cpus 1   (a core of its own for the service)
  *
  * Figures and how to read them: docs/performance.md.
  */
@@ -30,7 +34,7 @@ import { runCalls, runTurnsFor, type CallsResult, type TurnTiming } from './call
 import { measureColdStart } from './cold-start.ts';
 import type { FakesLatency } from './fakes-process.ts';
 import { measureOverhead } from './overhead.ts';
-import { cpuMs, startFakes, startService, type ServiceProcess } from './processes.ts';
+import { cpuMs, machineCpu, ownCpuMs, startFakes, startService, type ServiceProcess } from './processes.ts';
 import type { ProbeReply } from './service-probe.ts';
 import { answerFor, ELEVENLABS_KEY, firstPieceText, wordCount, wordIntervalMs } from './scenario.ts';
 import { runWebhooks } from './webhooks.ts';
@@ -59,6 +63,8 @@ const { values: args } = parseArgs({
     phases: { type: 'string', default: 'latency,load,capacity,webhooks,cold' },
     modes: { type: 'string', default: 'pieces,whole' },
     json: { type: 'string' },
+    'service-node-options': { type: 'string', default: '' },
+    'service-cpus': { type: 'string', default: '' },
   },
 });
 
@@ -114,7 +120,9 @@ function serviceEnv(mode: 'pieces' | 'whole'): Record<string, string> {
 }
 
 async function withService<T>(mode: 'pieces' | 'whole', work: (service: ServiceProcess) => Promise<T>): Promise<T> {
-  const service = await startService(serviceEnv(mode), { probe: true });
+  const nodeOptions = args['service-node-options']!.split(' ').filter(Boolean);
+  const cpusOption = args['service-cpus']!;
+  const service = await startService(serviceEnv(mode), { probe: true, nodeOptions, ...(cpusOption ? { cpus: cpusOption } : {}) });
   // The fixed phrases are synthesised in the background after start; let that finish.
   await sleep(latency.ttsFirstByteMs * 2 + 500);
   await fakes.drain();
@@ -129,14 +137,15 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
   return withService(mode, async (service) => {
     const progress = { active: 0 };
     const idle = await service.probe({ gc: true, reset: true });
-    const cpuBefore = cpuMs(service.pid);
+    await service.timings();
+    const cpuBefore = { service: cpuMs(service.pid), fakes: cpuMs(fakes.pid), bench: ownCpuMs(), machine: machineCpu() };
     const benchLoop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
     benchLoop.enable();
     // Once every call is in progress, and again a few seconds later: the heap after a full GC.
     let active: ProbeReply | undefined;
     const sampler = setInterval(() => {
       if (active || progress.active < calls) return;
-      active = { type: 'probe', heapUsed: 0, rss: 0, arrayBuffers: 0, loopDelayMs: { p50: 0, p99: 0, max: 0 } };
+      active = { type: 'probe', heapUsed: 0, rss: 0, arrayBuffers: 0, loopDelayMs: { p50: 0, p99: 0, max: 0 }, gc: { count: 0, totalMs: 0, maxMs: 0, over5Ms: 0 } };
       setTimeout(() => void service.probe({ gc: true, reset: false }).then((reply) => (active = reply)), 3_000);
     }, 100);
     const firstCallIndex = nextCallIndex;
@@ -157,17 +166,28 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
       clearInterval(sampler);
       benchLoop.disable();
     }
-    const cpu = cpuMs(service.pid) - cpuBefore;
+    const machine = machineCpu();
+    const cpu = cpuMs(service.pid) - cpuBefore.service;
+    const cpuShares = {
+      service: cpu,
+      fakes: cpuMs(fakes.pid) - cpuBefore.fakes,
+      bench: ownCpuMs() - cpuBefore.bench,
+      machine: machine.busyMs - cpuBefore.machine.busyMs,
+      machineTotal: machine.totalMs - cpuBefore.machine.totalMs,
+    };
     const end = await service.probe({ gc: false, reset: true });
+    const timings = await service.timings();
     const fakeLog = await fakes.drain();
     const orders = new Map(result.turns.map((t) => [t.callSid, t.order]));
-    const overhead = measureOverhead(result.webhooks, fakeLog, orders);
+    const overhead = measureOverhead(result.webhooks, fakeLog, orders, timings);
+    const waits = timings.cpuWait;
+    const serviceCpuWaitMs = waits.length > 1 ? waits.at(-1)![1] - waits[0]![1] : NaN;
     const memory = active && active.heapUsed > 0 ? { idle, active, calls } : undefined;
     const loops = {
       service: end.loopDelayMs,
       bench: { p50: late(benchLoop.percentile(50)), p99: late(benchLoop.percentile(99)), max: late(benchLoop.max) },
     };
-    return { result, overhead, cpu, memory, loops };
+    return { result, overhead, cpu, cpuShares, serviceCpuWaitMs, gc: end.gc, memory, loops };
   });
 }
 
@@ -218,14 +238,29 @@ async function latencyPhase() {
 
 async function loadPhase() {
   const calls = num('load-calls');
-  const { result, overhead, cpu, memory, loops } = await callsPhase(modes[0]!, calls);
+  const { result, overhead, cpu, cpuShares, serviceCpuWaitMs, gc, memory, loops } = await callsPhase(modes[0]!, calls);
   const byKind = (kind?: string) => overhead.webhooks.filter((w) => kind === undefined || w.kind === kind);
-  const rows = [undefined, 'answer', 'hold', 'plain'].map((kind) => {
+  const kinds = [undefined, 'answer', 'hold', 'plain'];
+  const rows = kinds.map((kind) => {
     const hooks = byKind(kind);
-    return [kind ?? 'all webhooks', String(hooks.length), ...quantiles(hooks.map((w) => w.overheadMs)), fmt(quantile(hooks.map((w) => w.totalMs), 0.99))];
+    return [
+      kind ?? 'all webhooks',
+      String(hooks.length),
+      ...quantiles(hooks.map((w) => w.overheadMs)),
+      fmt(quantile(hooks.map((w) => w.overheadMs - w.cpuWaitMs), 0.99)),
+      fmt(quantile(hooks.map((w) => w.totalMs), 0.99)),
+    ];
   });
-  console.log(`\nThe service's own time per webhook (${calls} concurrent calls, ${label(modes[0]!)}): total minus waiting on the fakes, ms`);
-  table(['', 'count', 'p50', 'p95', 'p99', 'max', 'total p99'], rows);
+  console.log(
+    `\nThe service's own time per webhook (${calls} concurrent calls, ${label(modes[0]!)}): ` +
+      `its time in the service minus waiting on the fakes, each process on its own clock, ms`,
+  );
+  table(['', 'count', 'p50', 'p95', 'p99', 'max', 'p99 net of CPU wait', 'total p99'], rows);
+  const former = (kind?: string) => `${fmt(quantile(byKind(kind).map((w) => w.formerMs), 0.5))}/${fmt(quantile(byKind(kind).map((w) => w.formerMs), 0.99))}`;
+  console.log(
+    `  by the former method (the caller's and the fakes' clocks), p50/p99: all ${former()}, answers ${former('answer')}, ` +
+      `holds ${former('hold')}, everything else ${former('plain')}`,
+  );
   const staged = byKind('answer').flatMap((w) => (w.stages ? [w.stages] : []));
   if (staged.length > 0) {
     const stage = (pick: (s: NonNullable<(typeof staged)[number]>) => number) => `${fmt(quantile(staged.map(pick), 0.5))}/${fmt(quantile(staged.map(pick), 0.99))}`;
@@ -245,6 +280,16 @@ async function loadPhase() {
     `  event-loop delay, service: p50 ${fmt(loops.service.p50)} p99 ${fmt(loops.service.p99)} max ${fmt(loops.service.max)} ms; ` +
       `benchmark's own (its callers time the webhooks): p99 ${fmt(loops.bench.p99)} max ${fmt(loops.bench.max)} ms`,
   );
+  console.log(
+    `  garbage collection in the service: ${gc.count} pauses, ${fmt(gc.totalMs)} ms in all, longest ${fmt(gc.maxMs)} ms, ${gc.over5Ms} of 5 ms or more`,
+  );
+  const share = (ms: number) => `${((ms / result.wallMs) * 100).toFixed(0)}%`;
+  const others = cpuShares.machine - cpuShares.service - cpuShares.fakes - cpuShares.bench;
+  console.log(
+    `  CPU over the run, of one core: service ${share(cpuShares.service)}, fakes ${share(cpuShares.fakes)}, benchmark ${share(cpuShares.bench)}, ` +
+      `other work on the machine ${share(Math.max(0, others))} (the ${cpus().length} cores ${((cpuShares.machine / cpuShares.machineTotal) * 100).toFixed(0)}% busy); ` +
+      `the service was ready to run but waiting for a CPU ${fmt(serviceCpuWaitMs)} ms in all`,
+  );
   if (memory) {
     const perCall = (memory.active.heapUsed + memory.active.arrayBuffers - memory.idle.heapUsed - memory.idle.arrayBuffers) / memory.calls;
     console.log(
@@ -253,11 +298,21 @@ async function loadPhase() {
         `${(perCall / 1024).toFixed(0)} KB per active call (resident ${mb(memory.idle.rss)} → ${mb(memory.active.rss)} MB)`,
     );
   }
+  if (overhead.unmatchedInService > 0) {
+    console.log(`  (${overhead.unmatchedInService} webhooks or fake requests missing from the service's log were timed on the other process's clock)`);
+  }
   report.load = {
     calls,
     overheadMs: stats(byKind().map((w) => w.overheadMs)),
     overheadByKind: Object.fromEntries(['answer', 'hold', 'plain'].map((k) => [k, stats(byKind(k).map((w) => w.overheadMs))])),
+    overheadNetOfCpuWaitMs: stats(byKind().map((w) => w.overheadMs - w.cpuWaitMs)),
+    formerMethodMs: stats(byKind().map((w) => w.formerMs)),
+    gc,
+    cpuShares,
+    serviceCpuWaitMs,
     unmatched: overhead.unmatched,
+    unmatchedInService: overhead.unmatchedInService,
+    slowest: [...overhead.webhooks].sort((a, b) => b.overheadMs - a.overheadMs).slice(0, 20),
     firstAudioMs: stats(first),
     cpuPercentOfOneCore: (cpu / result.wallMs) * 100,
     memory,
