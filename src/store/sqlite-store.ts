@@ -24,7 +24,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { Worker } from 'node:worker_threads';
 import {
   rememberResponse,
@@ -72,6 +72,8 @@ export class SqliteCallStore implements CallStore {
   readonly kind = 'sqlite';
   readonly #db: DatabaseSync;
   readonly #statements;
+  /** Record listings by their SQL (one per combination of filters). */
+  readonly #listings = new Map<string, StatementSync>();
   readonly #checkpointer: Worker;
   readonly #checkpointerStopped: Promise<unknown>;
   #closed: Promise<void> | undefined;
@@ -195,7 +197,9 @@ export class SqliteCallStore implements CallStore {
     const sql = `SELECT record FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
                  ORDER BY started_at DESC LIMIT ?`;
     params.push(Math.min(Math.max(query.limit ?? 100, 1), 1000));
-    const rows = this.#db.prepare(sql).all(...params) as Array<{ record: string }>;
+    let statement = this.#listings.get(sql);
+    if (!statement) this.#listings.set(sql, (statement = this.#db.prepare(sql)));
+    const rows = statement.all(...params) as Array<{ record: string }>;
     return rows.map((r) => JSON.parse(r.record) as CallRecord);
   }
 
