@@ -8,9 +8,14 @@
  * actor's output, so the machine has no clock of its own and replays the same way
  * in production, in model-based tests and in the diagram exporter.
  *
- * It knows nothing of TwiML: a transport renders `listening`, `thinking` (on hold)
- * and `terminating`, and turns what the caller does into SPEECH / SILENCE / HOLD /
- * HANGUP events.
+ * It knows nothing of TwiML: a transport renders `listening`, `replying`,
+ * `thinking` (on hold) and `terminating`, and turns what the caller does into
+ * SPEECH / SILENCE / HOLD / CONTINUE / HANGUP events.
+ *
+ * An agent reply is voiced in pieces while the agent is still writing it: the
+ * caller hears the first sentence as soon as it is voiced (`replying`), Twilio
+ * comes back for more when it has played it (CONTINUE), and the last pieces are
+ * heard while listening. Each pass through `speaking` voices the next pieces.
  *
  * Deadlines are absolute times in context (`turn.deadlineAt`), checked when an
  * event arrives, never `after` delays: a restored actor does not re-arm `after`
@@ -58,13 +63,22 @@ export const LIMITS = {
 
 export type EndReason = 'goodbye' | 'silence' | 'failures' | 'hangup';
 
-/** What is spoken next: a fixed phrase or an agent reply. */
+/** What is spoken next: a fixed phrase or (some pieces of) an agent reply. */
 export interface Prompt {
   kind: 'phrase' | 'reply';
   /** The phrase name, or `t<turn index>` for a reply. */
   key: string;
   text: string;
   /** Set once voiced: an audio path the transport can play; absent means plain text-to-speech. */
+  audio?: string;
+  /** A reply's pieces voiced this time, in order, each with its audio path (none: the phone reads it). */
+  pieces?: PromptPiece[];
+  /** More of the reply follows these pieces: the caller hears them, then Twilio comes back (CONTINUE). */
+  more?: boolean;
+}
+
+export interface PromptPiece {
+  text: string;
   audio?: string;
 }
 
@@ -75,9 +89,14 @@ export interface Turn {
   confidence?: number;
   startedAt: number;
   reply?: string;
+  /** The reply's pieces voiced so far, in order (`reply` is them joined by spaces). */
+  pieces?: string[];
   /** Milliseconds from the caller's speech to the agent's first chunk / whole answer. */
   agentFirstChunkMs?: number;
   agentCompleteMs?: number;
+  /** Milliseconds from the caller's speech to the first audio of the reply being ready to play. */
+  firstAudioMs?: number;
+  /** Milliseconds from the agent's whole answer to its last piece voiced. */
   speechMs?: number;
   /** Whether the reply was played as synthesised audio or read by the phone's own voice. */
   voicedBy?: 'audio' | 'say';
@@ -127,14 +146,19 @@ export type CallEvent =
   | { type: 'SPEECH'; text: string; confidence?: number; at: number }
   | { type: 'SILENCE'; at: number }
   | { type: 'HOLD'; at: number }
+  /** Twilio played what it was given and asks what follows (`/continue`). */
+  | { type: 'CONTINUE'; at: number }
   | { type: 'HANGUP'; at: number; status: string; durationSec?: number };
 
 export interface AgentTurnInput {
   callSid: string;
+  /** The turn's index, which names the reply's audio. */
+  turn: number;
   message: string;
   history: Array<{ role: 'user' | 'assistant'; content: string }>;
 }
 export interface AgentTurnOutput {
+  /** The first piece of the answer: enough to start speaking. */
   text: string;
   firstChunkAt: number;
   at: number;
@@ -144,10 +168,23 @@ export interface VoiceInput {
   prompt: Prompt;
   /** The text spoken just before, so synthesised pieces sound like one voice. */
   previousText?: string;
+  /** For a reply: which pieces the caller has heard, and what the agent was asked (to ask again if the answer was lost). */
+  reply?: { turn: number; heard: string[]; request: AgentTurnInput };
 }
 export interface VoiceOutput {
   audio?: string;
   at: number;
+  /** For a reply: the next pieces, voiced; whether more follow; when the agent's answer was complete. */
+  pieces?: PromptPiece[];
+  more?: boolean;
+  agentCompleteAt?: number;
+  /** Something went wrong that the caller does not hear (a piece read by the phone, an answer cut short). */
+  problem?: string;
+}
+/** What a failed `voicePrompt` may carry: the reply's pieces, none voiced, for the phone to read. */
+export interface VoiceFailure {
+  pieces: PromptPiece[];
+  agentCompleteAt?: number;
 }
 
 function notProvided(name: string) {
@@ -213,6 +250,8 @@ export const callMachine = setup({
       context.deadlineAt !== undefined && (timeOf(event) ?? 0) >= context.deadlineAt,
     tooManyFailures: ({ context }) => context.failures >= LIMITS.failures,
     isEnding: ({ context }) => context.ending !== undefined,
+    replyContinues: ({ context, event }) =>
+      context.prompt.kind === 'reply' && (event as unknown as { output?: VoiceOutput }).output?.more === true,
   },
   actions: {
     recordStep: assign({
@@ -223,19 +262,25 @@ export const callMachine = setup({
     }),
     applyVoice: assign(({ context, event }) => {
       const output = (event as unknown as { output: VoiceOutput }).output;
+      if (context.prompt.kind === 'reply') return voicedReply(context, output);
       const prompt: Prompt = { ...context.prompt };
       if (output.audio) prompt.audio = output.audio;
       else delete prompt.audio;
       return { prompt, turns: voicedTurn(context, output.audio ? 'audio' : 'say', output.at) };
     }),
     applyVoiceFailure: assign(({ context, event }) => {
+      const lastError = `speech: ${errorMessage((event as unknown as { error: unknown }).error)}`;
+      const at = timeOf(event) ?? lastTime(context);
+      // The phone reads what could not be voiced: the reply's pieces the actor names, else the prompt's text.
+      if (context.prompt.kind === 'reply') {
+        const failure = (event as unknown as { error: unknown }).error as Partial<VoiceFailure> | undefined;
+        const output: VoiceOutput = { at, pieces: failure?.pieces ?? (context.prompt.text ? [{ text: context.prompt.text }] : []) };
+        if (failure?.agentCompleteAt !== undefined) output.agentCompleteAt = failure.agentCompleteAt;
+        return { ...voicedReply(context, output), lastError };
+      }
       const prompt: Prompt = { ...context.prompt };
       delete prompt.audio;
-      return {
-        prompt,
-        lastError: `speech: ${errorMessage((event as unknown as { error: unknown }).error)}`,
-        turns: voicedTurn(context, 'say', timeOf(event) ?? lastTime(context)),
-      };
+      return { prompt, lastError, turns: voicedTurn(context, 'say', at) };
     }),
   },
 }).createMachine({
@@ -319,11 +364,7 @@ export const callMachine = setup({
       invoke: {
         id: 'agent',
         src: 'askAgent',
-        input: ({ context }): AgentTurnInput => ({
-          callSid: context.callSid,
-          message: context.turns.at(-1)!.caller,
-          history: historyOf(context.turns.slice(0, -1)),
-        }),
+        input: ({ context }): AgentTurnInput => agentInput(context),
         onDone: {
           target: 'speaking',
           actions: assign(({ context, event }) => {
@@ -332,11 +373,7 @@ export const callMachine = setup({
               failures: 0,
               deadlineAt: undefined,
               prompt: { kind: 'reply' as const, key: `t${turn.index}`, text: event.output.text },
-              turns: updateLastTurn(context.turns, {
-                reply: event.output.text,
-                agentFirstChunkMs: event.output.firstChunkAt - turn.startedAt,
-                agentCompleteMs: event.output.at - turn.startedAt,
-              }),
+              turns: updateLastTurn(context.turns, { agentFirstChunkMs: event.output.firstChunkAt - turn.startedAt }),
             };
           }),
         },
@@ -375,7 +412,8 @@ export const callMachine = setup({
       ],
     },
     speaking: {
-      description: 'The prompt is being voiced (synthesised speech, or the phone\u2019s own voice if synthesis fails).',
+      description:
+        'The prompt is being voiced (synthesised speech, or the phone\u2019s own voice if synthesis fails). For a reply: its next pieces, as soon as the first of them is voiced.',
       tags: ['working'],
       entry: { type: 'recordStep', params: { state: 'speaking' } },
       invoke: {
@@ -384,17 +422,34 @@ export const callMachine = setup({
         input: ({ context }): VoiceInput => {
           const previous = context.turns.at(-1);
           const input: VoiceInput = { callSid: context.callSid, prompt: context.prompt };
-          if (context.prompt.kind === 'reply' && previous) input.previousText = previous.caller;
+          if (context.prompt.kind === 'reply' && previous) {
+            input.previousText = previous.caller;
+            input.reply = { turn: previous.index, heard: previous.pieces ?? [], request: agentInput(context) };
+          }
           return input;
         },
         onDone: [
           { guard: 'isEnding', target: 'terminating', actions: 'applyVoice' },
+          { guard: 'replyContinues', target: 'replying', actions: 'applyVoice' },
           { target: 'listening', actions: 'applyVoice' },
         ],
         onError: [
           { guard: 'isEnding', target: 'terminating', actions: 'applyVoiceFailure' },
           { target: 'listening', actions: 'applyVoiceFailure' },
         ],
+      },
+    },
+    replying: {
+      description:
+        'The caller hears the first pieces of the reply while the agent is still writing the rest. When they have played, Twilio asks for more (CONTINUE).',
+      tags: ['renderable'],
+      entry: { type: 'recordStep', params: { state: 'replying' } },
+      on: {
+        CONTINUE: {
+          target: 'speaking',
+          // What the caller heard is in the turn; the prompt now waits for the next pieces.
+          actions: assign({ prompt: ({ context }) => ({ kind: 'reply' as const, key: context.prompt.key, text: '' }) }),
+        },
       },
     },
     terminating: {
@@ -412,6 +467,40 @@ export const callMachine = setup({
 
 function lastTime(context: CallContext): number {
   return context.path.at(-1)?.at ?? context.startedAt;
+}
+
+function agentInput(context: CallContext): AgentTurnInput {
+  const turn = context.turns.at(-1)!;
+  return { callSid: context.callSid, turn: turn.index, message: turn.caller, history: historyOf(context.turns.slice(0, -1)) };
+}
+
+/**
+ * A reply's next pieces are voiced: they become the prompt, and the turn records
+ * them. An actor that answers without pieces voiced the prompt's text as one.
+ */
+function voicedReply(context: CallContext, output: VoiceOutput): Partial<CallContext> {
+  const pieces =
+    output.pieces ?? (context.prompt.text ? [output.audio ? { text: context.prompt.text, audio: output.audio } : { text: context.prompt.text }] : []);
+  const prompt: Prompt = { kind: 'reply', key: context.prompt.key, text: pieces.map((p) => p.text).join(' '), pieces };
+  if (output.more) prompt.more = true;
+  const patch: Partial<CallContext> = { prompt };
+  if (output.problem) patch.lastError = output.problem;
+  const turn = context.turns.at(-1);
+  if (!turn || context.prompt.key !== `t${turn.index}`) return patch;
+  const heard = [...(turn.pieces ?? []), ...pieces.map((p) => p.text)];
+  const update: Partial<Turn> = { pieces: heard };
+  if (heard.length > 0) update.reply = heard.join(' ');
+  if (turn.firstAudioMs === undefined) update.firstAudioMs = output.at - turn.startedAt;
+  if (pieces.some((p) => !p.audio)) update.voicedBy = 'say';
+  else if (turn.voicedBy === undefined) update.voicedBy = 'audio';
+  if (!output.more) {
+    const completeAt = output.agentCompleteAt ?? output.at;
+    update.agentCompleteMs = completeAt - turn.startedAt;
+    update.speechMs = output.at - completeAt;
+    update.totalMs = output.at - turn.startedAt;
+  }
+  patch.turns = updateLastTurn(context.turns, update);
+  return patch;
 }
 
 function voicedTurn(context: CallContext, voicedBy: 'audio' | 'say', at: number): Turn[] {

@@ -39,6 +39,8 @@ export interface Config {
   twilioAuthTokenSource: 'env' | 'local';
   agentUri: string | undefined;
   agentTimeoutMs: number;
+  /** `sentences`: a reply is voiced piece by piece as the agent writes it; `whole`: only once it is complete. */
+  replyPieces: 'sentences' | 'whole';
   elevenLabs: ElevenLabsConfig | undefined;
   dataDir: string;
   callStore: 'sqlite' | 'firestore';
@@ -127,6 +129,7 @@ export function loadConfig(env: Env): Config {
     twilioAuthTokenSource,
     agentUri: text(env, 'KOOZIE_AGENT_URI') === undefined ? undefined : url(env, 'KOOZIE_AGENT_URI', '', false),
     agentTimeoutMs: integer(env, 'AGENT_TIMEOUT_MS', 20_000, 1_000, 120_000),
+    replyPieces: oneOf(env, 'REPLY_PIECES', ['sentences', 'whole'], 'sentences'),
     elevenLabs,
     dataDir,
     callStore,

@@ -58,6 +58,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     now,
     webhookDeadlineMs: config.webhookDeadlineMs,
     agentTimeoutMs: config.agentTimeoutMs,
+    replyPieces: config.replyPieces,
     render: (view) =>
       renderCallTwiml(view, {
         baseUrl: config.publicBaseUrl,

@@ -47,13 +47,16 @@ import {
   type AgentTurnOutput,
   type CallContext,
   type CallEvent,
+  type PromptPiece,
+  type VoiceFailure,
   type VoiceInput,
   type VoiceOutput,
 } from '../../machines/call.machine.ts';
 import { AgentError, type Agent } from '../agent/agent.ts';
+import type { PieceMode } from '../speech/speakable-pieces.ts';
 import type { VoiceLibrary } from '../speech/voice-library.ts';
 import type { CallRecord, CallStore, StoredCall } from '../store/call-store.ts';
-import { LinkedAbort } from '../http-client/linked-abort.ts';
+import { ReplyStream } from './reply-stream.ts';
 
 export interface CallView {
   state: string;
@@ -69,6 +72,8 @@ export interface EngineOptions {
   now?: () => number;
   webhookDeadlineMs: number;
   agentTimeoutMs: number;
+  /** How a reply is cut for voicing: `sentences` (default) voices it as the agent writes; `whole` waits for all of it. */
+  replyPieces?: PieceMode;
   /** Transport's renderer; the engine stores what it renders for replays. */
   render(view: CallView): string;
 }
@@ -107,6 +112,8 @@ export const LEASE_MS = 4_000;
 const LEASE_RENEW_MS = 1_500;
 /** How often a webhook waiting on another instance's turn looks at the store. */
 const OWNER_POLL_MS = 50;
+/** How long a finished reply stays in memory for a caller who never comes back for the rest. */
+const REPLY_KEPT_MS = 60_000;
 
 export class CallEngine {
   readonly machine: CallMachine;
@@ -114,6 +121,8 @@ export class CallEngine {
   readonly #now: () => number;
   readonly #live = new Map<string, Live>();
   readonly #locks = new Map<string, Promise<unknown>>();
+  /** Replies streaming from the agent into speech, by call and turn (see reply-stream.ts). */
+  readonly #replies = new Map<string, ReplyStream>();
   /** This engine's name in leases. */
   readonly instanceId = randomUUID();
 
@@ -398,31 +407,33 @@ export class CallEngine {
     return run;
   }
 
+  /**
+   * Starts the agent's answer streaming (or joins the one already streaming for
+   * this turn) and returns as soon as its first piece is complete: the machine
+   * goes on to voice it while the agent writes the rest.
+   */
   async #askAgent(input: AgentTurnInput, signal: AbortSignal): Promise<AgentTurnOutput> {
-    const log = this.#options.log.child({ callSid: input.callSid });
-    // The turn's own bound, whatever the agent adapter does (the built-in agent has none).
-    const link = new LinkedAbort([signal]);
-    const { agentTimeoutMs } = this.#options;
-    link.deadline(agentTimeoutMs, `no complete answer from the agent within ${agentTimeoutMs} ms`);
-    let text = '';
-    let firstChunkAt: number | undefined;
+    const key = replyKey(input.callSid, input.turn);
+    const stream = this.#replies.get(key) ?? this.#startReply(input, 0);
     try {
-      for await (const chunk of this.#options.agent.reply(input, link.signal)) {
-        firstChunkAt ??= this.#now();
-        text += chunk;
-      }
+      await stream.until(() => stream.pieces.length > 0 || stream.finished, signal);
     } catch (error) {
-      log.warn({ err: error }, 'agent turn failed');
+      // Nobody waits for this answer any more (the caller hung up, the turn moved on).
+      this.#dropReply(key, stream, error);
       throw error;
-    } finally {
-      link.dispose();
     }
-    text = text.replace(/\s+/g, ' ').trim();
-    if (text === '' || firstChunkAt === undefined) throw new AgentError('empty', 'the agent answered with no text');
-    return { text, firstChunkAt, at: this.#now() };
+    const first = stream.pieces[0];
+    if (!first) {
+      this.#dropReply(key, stream, undefined);
+      const error = stream.error ?? new AgentError('empty', 'the agent answered with no text');
+      this.#options.log.child({ callSid: input.callSid }).warn({ err: error }, 'agent turn failed');
+      throw error;
+    }
+    return { text: first.text, firstChunkAt: stream.firstChunkAt ?? this.#now(), at: this.#now() };
   }
 
   async #voicePrompt(input: VoiceInput, signal: AbortSignal): Promise<VoiceOutput> {
+    if (input.prompt.kind === 'reply' && input.reply) return this.#voiceReply(input.callSid, input.reply, signal);
     const voice = this.#options.voice;
     if (!voice) return { at: this.#now() };
     const { prompt } = input;
@@ -438,6 +449,83 @@ export class CallEngine {
       throw error;
     }
   }
+
+  /**
+   * The next pieces of a reply: waits until the first piece the caller has not
+   * heard is voiced (or read by the phone, if synthesis failed), then takes every
+   * voiced piece after it. Once the agent's answer is complete, it waits for all
+   * that is left, so the rest plays in one document (inside the <Gather>) with no
+   * round trip between pieces.
+   */
+  async #voiceReply(callSid: string, reply: NonNullable<VoiceInput['reply']>, signal: AbortSignal): Promise<VoiceOutput> {
+    const key = replyKey(callSid, reply.turn);
+    const stream = this.#replies.get(key) ?? this.#startReply(reply.request, reply.heard.length);
+    const from = reply.heard.length;
+    await stream.until(() => stream.pieces.length > from || stream.finished, signal);
+    const lost = reply.heard.findIndex((text, i) => stream.pieces[i] !== undefined && stream.pieces[i]!.text !== text);
+    if (lost >= 0) {
+      // The answer was streamed by a process that is gone; asked again, the agent said something else.
+      this.#dropReply(key, stream, undefined);
+      return { at: this.#now(), pieces: [], more: false, problem: 'agent: the rest of the answer was lost and, asked again, the agent answered differently' };
+    }
+    const settled = (i: number) => stream.pieces[i]?.voiced !== undefined;
+    await stream.until(() => settled(from) || (stream.finished && stream.pieces.length <= from), signal);
+    if (!this.#options.voice) {
+      // Read by the phone, a piece is ready the moment it is complete: let text that
+      // has already arrived be read before deciding what is left.
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    if (stream.finished) await stream.until(() => stream.pieces.every((_, i) => i < from || settled(i)), signal);
+
+    const pieces: PromptPiece[] = [];
+    let problem: string | undefined;
+    for (let i = from; settled(i); i++) {
+      const piece = stream.pieces[i]!;
+      pieces.push(piece.voiced ? { text: piece.text, audio: replyAudioPath(callSid, pieceKey(reply.turn, i)) } : { text: piece.text });
+      if (piece.error) problem ??= `speech: ${errorText(piece.error)}`;
+    }
+    const more = !(stream.finished && from + pieces.length >= stream.pieces.length);
+    const log = this.#options.log.child({ callSid });
+    if (!more) {
+      this.#dropReply(key, stream, undefined);
+      const failed = stream.pieces.slice(from).find((p) => p.error);
+      if (pieces.length > 0 && !pieces.some((p) => p.audio) && failed) {
+        // None of the rest could be voiced: a speech failure, as for a reply voiced in one go.
+        log.warn({ err: failed.error, turn: reply.turn }, 'speech synthesis failed; the phone reads the words instead');
+        throw new UnvoicedReply(failed.error, pieces, stream.completeAt);
+      }
+      if (stream.error) problem ??= `agent: ${errorText(stream.error)} (the caller heard the answer up to there)`;
+    }
+    if (problem) log.warn({ problem, turn: reply.turn }, 'part of a reply could not be voiced as asked');
+    return { at: this.#now(), pieces, more, ...(stream.completeAt !== undefined ? { agentCompleteAt: stream.completeAt } : {}), ...(problem ? { problem } : {}) };
+  }
+
+  #startReply(request: AgentTurnInput, alreadyHeard: number): ReplyStream {
+    const key = replyKey(request.callSid, request.turn);
+    const stream = new ReplyStream({
+      agent: this.#options.agent,
+      request,
+      voice: this.#options.voice,
+      audioId: (index) => replyAudioId(request.callSid, pieceKey(request.turn, index)),
+      mode: this.#options.replyPieces ?? 'sentences',
+      // The turn's own bound, whatever the agent adapter does (the built-in agent has none).
+      timeoutMs: this.#options.agentTimeoutMs,
+      now: this.#now,
+      alreadyHeard,
+      // A reply nobody comes back for (the caller hung up mid-answer) is forgotten after a while.
+      onFinished: () => {
+        if (this.#replies.get(key) === stream) stream.expireAfter(REPLY_KEPT_MS, () => this.#dropReply(key, stream, undefined));
+      },
+    });
+    this.#replies.set(key, stream);
+    return stream;
+  }
+
+  #dropReply(key: string, stream: ReplyStream, reason: unknown): void {
+    if (this.#replies.get(key) === stream) this.#replies.delete(key);
+    stream.dispose(reason);
+  }
 }
 
 export function phraseAudioPath(name: string): string {
@@ -450,6 +538,34 @@ export function replyAudioPath(callSid: string, key: string): string {
 
 export function replyAudioId(callSid: string, key: string): string {
   return `${callSid}/${key}`;
+}
+
+/**
+ * The audio key of a reply's piece: `t<turn>` for the first (a reply voiced in one
+ * piece keeps the key it always had), `t<turn>p<n>` for the n-th after it.
+ */
+export function pieceKey(turn: number, piece: number): string {
+  return piece === 0 ? `t${turn}` : `t${turn}p${piece}`;
+}
+
+/** The rest of a reply could not be voiced at all: the machine has the phone read these pieces. */
+class UnvoicedReply extends Error implements VoiceFailure {
+  override readonly name = 'UnvoicedReply';
+  readonly pieces: PromptPiece[];
+  readonly agentCompleteAt: number | undefined;
+  constructor(cause: unknown, pieces: PromptPiece[], agentCompleteAt: number | undefined) {
+    super(errorText(cause), { cause });
+    this.pieces = pieces;
+    this.agentCompleteAt = agentCompleteAt;
+  }
+}
+
+function replyKey(callSid: string, turn: number): string {
+  return `${callSid}/t${turn}`;
+}
+
+function errorText(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 /** Renderable states end a webhook; working states (agent, speech) are waited for. */

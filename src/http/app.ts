@@ -27,6 +27,7 @@ import {
   callSidOf,
   callStartOf,
   recoveredSpeechOf,
+  continueEventOf,
   speechEventOf,
   statusEventOf,
   WebhookInputError,
@@ -152,7 +153,7 @@ export function buildApp(options: AppOptions) {
 
   app.post(ROUTES.continue, webhook, async (request, reply) => {
     const callSid = callSidOf(form(request));
-    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, undefined, requestMeta(request)), request), options);
+    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, continueEventOf(now()), requestMeta(request)), request), options);
   });
 
   app.post(ROUTES.callStatus, webhook, async (request, reply) => {
@@ -280,14 +281,19 @@ function sendAnswer(reply: FastifyReply, answer: EngineAnswer, options: AppOptio
   return reply.send(answer.body);
 }
 
-/** What a reply audio key speaks: `t<turn>` is that turn's agent reply. */
+/**
+ * What a reply audio key speaks: `t<turn>` is that turn's agent reply, or its first
+ * piece when it was voiced in pieces; `t<turn>p<n>` its n-th piece after that.
+ */
 function spokenText(
-  turns: Array<{ index: number; caller: string; reply?: string }>,
+  turns: Array<{ index: number; caller: string; reply?: string; pieces?: string[] }>,
   key: string,
 ): { text: string; previousText: string } | undefined {
-  const match = /^t(\d{1,6})$/.exec(key);
+  const match = /^t(\d{1,6})(?:p([1-9]\d{0,3}))?$/.exec(key);
   const turn = match ? turns[Number(match[1])] : undefined;
-  return turn?.reply ? { text: turn.reply, previousText: turn.caller } : undefined;
+  const piece = Number(match?.[2] ?? 0);
+  const text = turn?.pieces ? turn.pieces[piece] : piece === 0 ? turn?.reply : undefined;
+  return turn && text ? { text, previousText: turn.pieces?.[piece - 1] ?? turn.caller } : undefined;
 }
 
 /**

@@ -7,7 +7,7 @@
  *
  * Synthesis is deduplicated: concurrent requests for the same text share one call.
  */
-import type { Speech, SynthesisedAudio } from './speech.ts';
+import type { Speech, SpeechRequest, SynthesisedAudio } from './speech.ts';
 import { LinkedAbort } from '../http-client/linked-abort.ts';
 
 export interface VoiceLibraryOptions {
@@ -57,8 +57,16 @@ export class VoiceLibrary {
   }
 
   /** A reply's audio, keyed by call and prompt so the audio route can find it. */
-  async reply(id: string, text: string, previousText: string | undefined, signal?: AbortSignal): Promise<SynthesisedAudio> {
-    const key = `${this.#voiceKey}|reply|${id}|${text}`;
+  reply(id: string, text: string, previousText: string | undefined, signal?: AbortSignal): Promise<SynthesisedAudio> {
+    return this.replyPiece(id, previousText === undefined ? { text } : { text, previousText }, signal);
+  }
+
+  /**
+   * A piece of a reply, keyed by its id and text (the words around it help the
+   * voice but do not change what is said, so they are not part of the key).
+   */
+  async replyPiece(id: string, request: SpeechRequest, signal?: AbortSignal): Promise<SynthesisedAudio> {
+    const key = `${this.#voiceKey}|reply|${id}|${request.text}`;
     const cached = this.#replies.get(key);
     if (cached) {
       this.#replies.delete(key);
@@ -67,7 +75,7 @@ export class VoiceLibrary {
     }
     let pending = this.#pending.get(key);
     if (!pending) {
-      pending = this.#synthesise(previousText === undefined ? { text } : { text, previousText }, undefined).then((audio) => {
+      pending = this.#synthesise(request, undefined).then((audio) => {
         this.#keep(key, audio);
         return audio;
       });
@@ -80,7 +88,7 @@ export class VoiceLibrary {
     return signal ? abortable(pending, signal) : pending;
   }
 
-  #synthesise(request: Parameters<Speech['synthesise']>[0], signal: AbortSignal | undefined): Promise<SynthesisedAudio> {
+  #synthesise(request: SpeechRequest, signal: AbortSignal | undefined): Promise<SynthesisedAudio> {
     const link = new LinkedAbort([signal]);
     link.deadline(this.#timeoutMs, `no audio from speech synthesis within ${this.#timeoutMs} ms`);
     return this.#speech.synthesise(request, link.signal).finally(() => link.dispose());

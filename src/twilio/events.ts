@@ -67,6 +67,11 @@ export function recoveredSpeechOf(query: TwilioForm): SpeechEvent | undefined {
   return event;
 }
 
+/** `/continue`: Twilio played what it was given (a reply's first pieces, a hold) and asks what follows. */
+export function continueEventOf(at: number): Extract<CallEvent, { type: 'CONTINUE' }> {
+  return { type: 'CONTINUE', at };
+}
+
 /** A status callback: HANGUP once the call is over, nothing for progress updates. */
 export function statusEventOf(form: TwilioForm, at: number): Extract<CallEvent, { type: 'HANGUP' }> | undefined {
   const status = single(form, 'CallStatus');

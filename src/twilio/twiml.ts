@@ -6,13 +6,21 @@
  *
  * - `listening`: the prompt inside a speech `<Gather>` (the caller may talk over
  *   it); `actionOnEmptyResult` makes silence come back as a request too.
+ * - `replying`: the first pieces of a reply the agent is still writing, then a
+ *   `<Redirect>` to `/continue` for the rest. Twilio plays a `<Play>` only once its
+ *   file is downloaded, and fetches every `<Play>` nested in a `<Gather>` before it
+ *   plays the first, so each piece is a complete file served from memory, and the
+ *   rest of a reply comes in one `<Gather>` once it is all voiced. Pieces the phone
+ *   reads (no voice, or synthesis failed) are joined into one `<Say>`.
  * - a working state (`thinking`, `speaking`, ...) past the webhook deadline: hold.
- *   The first hold says a short acknowledgement, later ones pause; both `<Redirect>`
- *   to `/continue`, which picks the result up.
+ *   The first hold says a short acknowledgement, later ones pause (and so does a
+ *   hold in the middle of a reply: the caller is already hearing the answer); all
+ *   `<Redirect>` to `/continue`, which picks the result up.
  * - `terminating`: the closing line and `<Hangup/>`.
  *
  * @see https://www.twilio.com/docs/voice/twiml/gather
  * @see https://www.twilio.com/docs/voice/twiml/redirect
+ * @see https://www.twilio.com/docs/voice/twiml/play
  */
 import VoiceResponse from 'twilio/lib/twiml/VoiceResponse.js';
 import { PHRASES, type CallContext, type Prompt } from '../../machines/call.machine.ts';
@@ -56,6 +64,10 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
       speak(gather, view.context.prompt, options);
       break;
     }
+    case 'replying':
+      speak(response, view.context.prompt, options);
+      response.redirect({ method: 'POST' }, options.baseUrl + ROUTES.continue);
+      break;
     case 'terminating':
       speak(response, view.context.prompt, options);
       response.hangup();
@@ -64,14 +76,38 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
       response.hangup();
       break;
     default:
-      hold(response, view.context.holds, options);
+      hold(response, replyUnderWay(view) ? 2 : view.context.holds, options);
   }
   return response.toString();
 }
 
 function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
-  if (prompt.audio) into.play(options.baseUrl + options.signAudio(prompt.audio));
-  else say(into, prompt.text, options);
+  if (prompt.pieces) {
+    let unvoiced: string[] = [];
+    const sayUnvoiced = () => {
+      if (unvoiced.length > 0) say(into, unvoiced.join(' '), options);
+      unvoiced = [];
+    };
+    for (const piece of prompt.pieces) {
+      if (piece.audio) {
+        sayUnvoiced();
+        into.play(options.baseUrl + options.signAudio(piece.audio));
+      } else if (piece.text) {
+        unvoiced.push(piece.text);
+      }
+    }
+    sayUnvoiced();
+  } else if (prompt.audio) {
+    into.play(options.baseUrl + options.signAudio(prompt.audio));
+  } else if (prompt.text) {
+    say(into, prompt.text, options);
+  }
+}
+
+/** The caller has heard the start of the reply that is being voiced. */
+function replyUnderWay(view: CallView): boolean {
+  const { prompt, turns } = view.context;
+  return view.state === 'speaking' && prompt.kind === 'reply' && (turns.at(-1)?.pieces?.length ?? 0) > 0;
 }
 
 function say(into: Speaker, raw: string, options: RenderOptions) {

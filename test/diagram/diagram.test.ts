@@ -67,10 +67,11 @@ describe('the machine graph', () => {
       ['thinking', false],
       ['errorFallback', true],
       ['speaking', false],
+      ['replying', false],
       ['terminating', false],
       ['ended', false],
     ]);
-    expect(graph.edges.filter((e) => e.event === 'HANGUP').map((e) => e.source)).toEqual(['listening', 'thinking', 'speaking', 'terminating']);
+    expect(graph.edges.filter((e) => e.event === 'HANGUP').map((e) => e.source)).toEqual(['listening', 'thinking', 'speaking', 'replying', 'terminating']);
     expect(graph.edges.find((e) => e.id === 'thinking|HOLD|1')).toMatchObject({ internal: true, target: 'thinking', label: 'HOLD [else]' });
     expect(graph.edges.find((e) => e.id === 'speaking|xstate.error.actor.voice|0')?.label).toBe('error: voicePrompt [isEnding]');
   });
@@ -90,7 +91,7 @@ describe('the machine graph', () => {
     expect(along.map((edges) => edges.map((e) => e.id))).toEqual([
       [],
       ['greeting|always|0'],
-      ['speaking|xstate.done.actor.voice|1'],
+      ['speaking|xstate.done.actor.voice|2'],
       ['listening|SILENCE|0', 'listening|SILENCE|1'],
       ['speaking|xstate.error.actor.voice|1'],
       ['listening|SPEECH|1'],

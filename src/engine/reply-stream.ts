@@ -1,0 +1,172 @@
+/**
+ * One agent answer on its way to the caller's ear: the agent's text streamed in,
+ * cut into speakable pieces (src/speech/speakable-pieces.ts), each piece voiced as
+ * soon as it is complete while the agent writes on.
+ *
+ * It lives outside the call machine on purpose: the machine is persisted and
+ * pure, this is in-flight I/O. The engine keeps one per call and turn; the
+ * machine's `askAgent` actor waits on it for the first piece and each `voicePrompt`
+ * actor for the next ones, so a stream outlives the actors that look at it.
+ *
+ * Pieces that arrive together (a burst of buffered text, or a fast agent whose
+ * whole answer comes in one read) are merged into one piece: no reason to cut what
+ * can be voiced in one go. Pieces are voiced one at a time, in order, so a call
+ * never has more than one synthesis running (ElevenLabs limits concurrency per
+ * plan), and each piece is voiced with the text before it and, when already known,
+ * the text after it, so the pieces sound like one utterance.
+ *
+ * @see https://elevenlabs.io/docs/api-reference/text-to-speech/stream (previous_text, next_text)
+ */
+import type { Agent, AgentRequest } from '../agent/agent.ts';
+import { LinkedAbort } from '../http-client/linked-abort.ts';
+import { SpeakablePieces, type PieceMode } from '../speech/speakable-pieces.ts';
+import type { VoiceLibrary } from '../speech/voice-library.ts';
+
+export interface ReplyPiece {
+  index: number;
+  text: string;
+  /** Unset while being voiced; true once its audio is in the voice library; false: the phone reads it. */
+  voiced?: boolean;
+  /** Why it could not be voiced. */
+  error?: unknown;
+}
+
+export interface ReplyStreamOptions {
+  agent: Agent;
+  request: AgentRequest;
+  /** Absent: no piece is voiced, the phone reads them all. */
+  voice: VoiceLibrary | undefined;
+  /** The voice library id of piece `index`, which the audio route serves. */
+  audioId(index: number): string;
+  mode: PieceMode;
+  /** The whole answer, first chunk to last. */
+  timeoutMs: number;
+  now(): number;
+  /** Pieces the caller already heard (a stream started again elsewhere): not voiced again. */
+  alreadyHeard?: number;
+  /** Called once the agent's answer has ended (or failed). */
+  onFinished?: () => void;
+}
+
+export class ReplyStream {
+  readonly pieces: ReplyPiece[] = [];
+  firstChunkAt: number | undefined;
+  /** When the agent's answer ended (or failed). */
+  completeAt: number | undefined;
+  /** The agent failed; the pieces before the failure stand. */
+  error: unknown;
+  finished = false;
+  readonly #options: ReplyStreamOptions;
+  /** Stops the agent's answer: disposed, or past the timeout (a `TimeoutError`, reported as one). */
+  readonly #link = new LinkedAbort();
+  readonly #waiters = new Set<() => void>();
+  /** Complete pieces not yet added: they wait one turn of the event loop for others arriving with them. */
+  #arriving: string[] = [];
+  #voicing: Promise<void> = Promise.resolve();
+  #expiry: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(options: ReplyStreamOptions) {
+    this.#options = options;
+    void this.#run();
+  }
+
+  /** Nobody will listen to (the rest of) this answer: stop asking the agent, forget the expiry. */
+  dispose(reason: unknown): void {
+    clearTimeout(this.#expiry);
+    if (!this.finished) this.#link.abort(reason);
+  }
+
+  /** Calls `onExpire` after `ms` unless the stream is disposed first (a caller who never came back). */
+  expireAfter(ms: number, onExpire: () => void): void {
+    clearTimeout(this.#expiry);
+    this.#expiry = setTimeout(onExpire, ms);
+    this.#expiry.unref();
+  }
+
+  /** Resolves once `ready()` holds (looked at after every change), rejects if `signal` aborts first. */
+  until(ready: () => boolean, signal: AbortSignal): Promise<void> {
+    if (ready()) return Promise.resolve();
+    if (signal.aborted) return Promise.reject(signal.reason);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (!ready()) return;
+        done();
+        resolve();
+      };
+      const onAbort = () => {
+        done();
+        reject(signal.reason);
+      };
+      const done = () => {
+        this.#waiters.delete(check);
+        signal.removeEventListener('abort', onAbort);
+      };
+      this.#waiters.add(check);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /** The answer so far, as the engine stores it. */
+  get text(): string {
+    return this.pieces.map((p) => p.text).join(' ');
+  }
+
+  async #run(): Promise<void> {
+    const { agent, request, mode, timeoutMs, now } = this.#options;
+    const pieces = new SpeakablePieces(mode);
+    this.#link.deadline(timeoutMs, `no complete answer from the agent within ${timeoutMs} ms`);
+    try {
+      for await (const chunk of agent.reply(request, this.#link.signal)) {
+        this.firstChunkAt ??= now();
+        this.#arrive(pieces.push(chunk));
+      }
+      this.#arriving.push(...pieces.end());
+    } catch (error) {
+      this.error = error;
+      // What the agent said before it failed is kept, unless the caller would hear nothing else of it.
+      if (this.pieces.length > 0 || this.#arriving.length > 0) this.#arriving.push(...pieces.end());
+    } finally {
+      this.#link.dispose();
+    }
+    this.#addArrived();
+    this.finished = true;
+    this.completeAt = now();
+    this.#changed();
+    this.#options.onFinished?.();
+  }
+
+  #arrive(texts: string[]): void {
+    if (texts.length === 0) return;
+    if (this.#arriving.length === 0) setImmediate(() => this.#addArrived());
+    this.#arriving.push(...texts);
+  }
+
+  #addArrived(): void {
+    if (this.#arriving.length === 0) return;
+    const piece: ReplyPiece = { index: this.pieces.length, text: this.#arriving.join(' ') };
+    this.#arriving = [];
+    this.pieces.push(piece);
+    const { voice, alreadyHeard = 0 } = this.#options;
+    if (!voice) piece.voiced = false;
+    else if (piece.index < alreadyHeard) piece.voiced = true;
+    else this.#voicing = this.#voicing.then(() => this.#voice(voice, piece));
+    this.#changed();
+  }
+
+  async #voice(voice: VoiceLibrary, piece: ReplyPiece): Promise<void> {
+    const previousText = this.pieces[piece.index - 1]?.text ?? this.#options.request.message;
+    const nextText = this.pieces[piece.index + 1]?.text;
+    try {
+      await voice.replyPiece(this.#options.audioId(piece.index), { text: piece.text, previousText, ...(nextText ? { nextText } : {}) });
+      piece.voiced = true;
+    } catch (error) {
+      piece.voiced = false;
+      piece.error = error;
+    }
+    this.#changed();
+  }
+
+  #changed(): void {
+    for (const check of [...this.#waiters]) check();
+  }
+}

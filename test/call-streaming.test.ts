@@ -1,0 +1,210 @@
+/**
+ * A reply voiced while the agent is still writing it: the caller hears the first
+ * sentence as soon as it is voiced, Twilio comes back (`/continue`) for the rest,
+ * and the last pieces play inside the `<Gather>`. Real service on loopback, fake
+ * agent streaming slowly, fake ElevenLabs.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { PHRASES } from '../machines/call.machine.ts';
+import { parseTwiml } from '../src/phone/twilio-caller.ts';
+import { startFakeAgent, type FakeAgent } from './fakes/agent-server.ts';
+import { startFakeElevenLabs, type FakeElevenLabs } from './fakes/elevenlabs-server.ts';
+import { ELEVENLABS_KEY, spoken, startService, type RunningService } from './support/service.ts';
+
+const ANSWER = 'We open at nine. On Saturdays we open at ten, and we close at four. Anything else?';
+const SENTENCES = ['We open at nine.', 'On Saturdays we open at ten, and we close at four.', 'Anything else?'];
+/** One word every 40 ms: the whole answer takes about 600 ms, its first sentence 160 ms. */
+const SLOW = { kind: 'reply', answer: () => ANSWER, chunkWords: 1, chunkDelayMs: 40 } as const;
+/** The first sentence takes about this long to say: the agent has finished by the time it has played. */
+const FIRST_SENTENCE_MS = 800;
+
+let agent: FakeAgent;
+let eleven: FakeElevenLabs;
+
+beforeAll(async () => {
+  agent = await startFakeAgent({ behaviour: SLOW });
+  eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
+});
+afterAll(async () => {
+  await agent.close();
+  await eleven.close();
+});
+
+const running: RunningService[] = [];
+afterEach(async () => {
+  agent.requests.length = 0;
+  eleven.requests.length = 0;
+  agent.setBehaviour(SLOW);
+  eleven.setBehaviour({ kind: 'audio' });
+  await Promise.all(running.splice(0).map((r) => r.close()));
+});
+
+async function serviceWith(env: Record<string, string> = {}, options: { voice?: boolean; dataDir?: string } = {}) {
+  const voice = options.voice ?? true;
+  const r = await startService(
+    {
+      KOOZIE_AGENT_URI: agent.url,
+      ...(voice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: eleven.url } : {}),
+      ...env,
+    },
+    options.dataDir ? { dataDir: options.dataDir } : {},
+  );
+  running.push(r);
+  return r;
+}
+
+/** The verbs of a TwiML document, nested ones inside `Gather(...)`. */
+function verbs(twiml: string): string[] {
+  return parseTwiml(twiml).flatMap((node) => {
+    const [name] = Object.keys(node).filter((k) => k !== ':@');
+    if (name === 'Gather') return [`Gather(${verbs(`<Response>${toXml(node.Gather)}</Response>`).join(',')})`];
+    return name && name !== '#text' ? [name] : [];
+  });
+}
+
+function toXml(nodes: unknown): string {
+  return (nodes as Array<Record<string, unknown>>)
+    .map((node) => {
+      const [name] = Object.keys(node).filter((k) => k !== ':@');
+      return name === '#text' ? '' : `<${name}/>`;
+    })
+    .join('');
+}
+
+describe('a reply voiced while the agent writes it', () => {
+  it('plays the first sentence before the agent has finished, then the rest inside the Gather', async () => {
+    const svc = await serviceWith();
+    const call = svc.call({ playbackMs: (h) => (h.verb === 'Play' && new URL(h.url).pathname.endsWith('/t0') ? FIRST_SENTENCE_MS : 0) });
+    await call.dial();
+    const sentBefore = agent.sentChunks.length;
+
+    const turn = await call.say('When do you open?');
+
+    // First document: the first sentence and a way back for more; the rest comes with the Gather.
+    expect(verbs(turn.documents[0]!)).toEqual(['Play', 'Redirect']);
+    expect(verbs(turn.documents.at(-1)!)).toEqual(['Gather(Play,Play)']);
+    expect(spoken(turn.heard)).toEqual(['[audio]', '[audio]', '[audio]']);
+    // ElevenLabs got each sentence, in order, with the sentence before it for continuity.
+    const voiced = eleven.requests.filter((r) => r.body?.text !== PHRASES.greeting);
+    expect(voiced.map((r) => r.body?.text)).toEqual(SENTENCES);
+    expect(voiced.map((r) => r.body?.previous_text)).toEqual(['When do you open?', SENTENCES[0], SENTENCES[1]]);
+    // The first piece's synthesis started while the agent was still writing.
+    expect(agent.sentChunks.length - sentBefore).toBe(ANSWER.split(' ').length);
+
+    const record = await svc.service.store.getRecord(call.callSid);
+    const [first] = record!.turns;
+    expect(first).toMatchObject({ reply: ANSWER, pieces: SENTENCES, voicedBy: 'audio' });
+    expect(first!.firstAudioMs).toBeLessThan(first!.agentCompleteMs!);
+    expect(first!.totalMs).toBeGreaterThanOrEqual(first!.agentCompleteMs!);
+    expect(record?.path.map((p) => p.state)).toEqual([
+      'greeting', 'speaking', 'listening',
+      'thinking', 'speaking', 'replying', 'speaking', 'listening',
+    ]);
+
+    // The next question carries the whole answer as history.
+    agent.setBehaviour({ kind: 'reply' });
+    await call.say('Thanks. And on Sundays?');
+    expect(agent.requests.at(-1)?.history).toEqual([
+      { role: 'user', content: 'When do you open?' },
+      { role: 'assistant', content: ANSWER },
+    ]);
+  });
+
+  it('serves every piece from a signed URL as a complete file, and again from memory', async () => {
+    const svc = await serviceWith();
+    const call = svc.call();
+    await call.dial();
+    await call.say('When do you open?');
+    // The first piece keeps the key a reply always had (`t0`); the others are `t0p1`, `t0p2`.
+    const pieces = call.heard.filter((h) => h.verb === 'Play' && /\/t0(p\d)?$/.test(new URL(h.url).pathname));
+    expect(pieces).toHaveLength(3);
+    const before = eleven.requests.length;
+    for (const piece of pieces) {
+      if (piece.verb !== 'Play') continue;
+      const url = new URL(piece.url);
+      const again = await fetch(`${svc.address}${url.pathname}${url.search}`);
+      expect(again.status).toBe(200);
+      expect(Buffer.from(await again.arrayBuffer()).length).toBe(piece.bytes);
+    }
+    expect(eleven.requests.length).toBe(before);
+  });
+
+  it('reads a piece in the phone voice when ElevenLabs fails on it, and plays the others', async () => {
+    const svc = await serviceWith();
+    const call = svc.call();
+    await call.dial();
+    eleven.setBehaviour({ kind: 'sequence', steps: [{ kind: 'audio' }, { kind: 'status', status: 400, detail: 'bad_text' }, { kind: 'audio' }] });
+    const turn = await call.say('When do you open?');
+    expect(spoken(turn.heard)).toEqual(['[audio]', SENTENCES[1], '[audio]']);
+    const record = await svc.service.store.getRecord(call.callSid);
+    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, voicedBy: 'say' });
+    expect(record?.lastError).toMatch(/^speech: .*400/);
+  });
+
+  it('without a voice, the phone reads the first sentence while the agent writes on', async () => {
+    const svc = await serviceWith({}, { voice: false });
+    const call = svc.call();
+    await call.dial();
+    const turn = await call.say('When do you open?');
+    expect(verbs(turn.documents[0]!)).toEqual(['Say', 'Redirect']);
+    expect(spoken(turn.heard).join(' ')).toBe(ANSWER);
+  });
+
+  it('keeps what the agent said when it stops mid-answer, and the call goes on', async () => {
+    const svc = await serviceWith({ AGENT_TIMEOUT_MS: '1000' });
+    agent.setBehaviour({ kind: 'events', data: [JSON.stringify({ text: 'We open at nine. ' }), JSON.stringify({ text: 'On Satur' })], keepOpen: true });
+    const call = svc.call();
+    await call.dial();
+    const turn = await call.say('When do you open?');
+    expect(spoken(turn.heard)).toEqual(['[audio]', '[audio]']);
+    const record = await svc.service.store.getRecord(call.callSid);
+    expect(record?.turns[0]).toMatchObject({ reply: 'We open at nine. On Satur', pieces: ['We open at nine.', 'On Satur'] });
+    expect(record?.turns[0]?.failure).toBeUndefined();
+    expect(record?.lastError).toMatch(/^agent: .*did not finish within 1000 ms/);
+    agent.setBehaviour({ kind: 'reply' });
+    expect(spoken((await call.say('OK')).heard)).toEqual(['[audio]']);
+  });
+
+  it('with REPLY_PIECES=whole, voices the answer once it is complete, in one piece', async () => {
+    const svc = await serviceWith({ REPLY_PIECES: 'whole' });
+    const call = svc.call();
+    await call.dial();
+    const turn = await call.say('When do you open?');
+    expect(turn.documents.map(verbs)).toEqual([['Gather(Play)']]);
+    expect(eleven.requests.at(-1)?.body?.text).toBe(ANSWER);
+    const record = await svc.service.store.getRecord(call.callSid);
+    expect(record?.path.map((p) => p.state).slice(3)).toEqual(['thinking', 'speaking', 'listening']);
+  });
+
+  it('finalises the call when the caller hangs up while the reply is still being voiced', async () => {
+    const svc = await serviceWith();
+    const call = svc.call();
+    await call.dial();
+    const first = await call.webhook('/speech-result', { SpeechResult: 'When do you open?', Confidence: '0.9' });
+    expect(verbs(first.body)).toEqual(['Play', 'Redirect']);
+    expect(await call.hangUp('completed')).toBe(200);
+    const record = await svc.service.store.getRecord(call.callSid);
+    expect(record).toMatchObject({ state: 'ended', endReason: 'hangup', status: 'completed' });
+    expect(record?.turns[0]?.pieces).toEqual([SENTENCES[0]]);
+  });
+
+  it('continues the reply on another instance that never saw it: the agent is asked again, the rest is voiced there', async () => {
+    const a = await serviceWith();
+    const b = await serviceWith({}, { dataDir: a.dataDir });
+    const call = a.call();
+    await call.dial();
+    const first = await call.webhook('/speech-result', { SpeechResult: 'When do you open?', Confidence: '0.9' });
+    expect(verbs(first.body)).toEqual(['Play', 'Redirect']);
+
+    // Twilio comes back for more; this time the webhooks land on B.
+    const heard: string[] = [];
+    for (let hops = 0; !heard.some((v) => v.startsWith('Gather')) && hops < 20; hops++) {
+      heard.push(...verbs((await b.call({ callSid: call.callSid }).webhook('/continue')).body));
+    }
+    expect(heard.join(',').match(/Play/g)).toHaveLength(2);
+    // Asked once by each instance, for the same turn.
+    expect(agent.requests.map((r) => r.message)).toEqual(['When do you open?', 'When do you open?']);
+    const record = await b.service.store.getRecord(call.callSid);
+    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
+  });
+});
