@@ -55,6 +55,9 @@ export interface TurnTiming {
   holdSounds: number;
   /** Silences between sounds after the first sound of the answer, ms. */
   gaps: number[];
+  /** Bytes of answer audio Twilio downloaded, and their content type. */
+  audioBytes: number;
+  contentType?: string;
   webhooks: number;
 }
 
@@ -149,7 +152,13 @@ function analyseTurn(
     holdSounds: sounds.filter((s) => isHold(s.heard)).length,
     gaps: [],
     webhooks: hooks.length,
+    audioBytes: 0,
   };
+  for (const { heard } of sounds) {
+    if (heard.verb !== 'Play' || !isReply(heard)) continue;
+    timing.audioBytes += heard.bytes;
+    timing.contentType = heard.contentType;
+  }
   const first = sounds.findIndex((s) => isReply(s.heard));
   if (sounds[0]) timing.firstSoundAt = sounds[0].at;
   if (first >= 0) {

@@ -17,6 +17,7 @@
  * @see https://nodejs.org/api/diagnostics_channel.html#http
  */
 import { subscribe } from 'node:diagnostics_channel';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { startFakeAgent } from '../test/fakes/agent-server.ts';
 import { fakeAudioFor, startFakeElevenLabs } from '../test/fakes/elevenlabs-server.ts';
@@ -53,7 +54,10 @@ export interface FakeRequestLog {
 }
 
 export type FakesMessage = { type: 'configure'; latency: FakesLatency } | { type: 'drain' };
-export type FakesReply = { type: 'ready'; agentUrl: string; elevenLabsUrl: string } | { type: 'log'; requests: FakeRequestLog[] };
+export type FakesReply =
+  | { type: 'ready'; agentUrl: string; elevenLabsUrl: string }
+  /** The log, and how late the fakes' own event loop ran since the last drain (their lateness counts against the service). */
+  | { type: 'log'; requests: FakeRequestLog[]; loopDelayMs: { p99: number; max: number } };
 
 const clock = (): number => Number(process.hrtime.bigint()) / 1e6;
 
@@ -61,6 +65,10 @@ let latency: FakesLatency = JSON.parse(process.argv[2] ?? 'null') as FakesLatenc
 if (!latency) throw new Error('usage: node bench/fakes-process.ts <latency JSON>');
 
 const log: FakeRequestLog[] = [];
+const LOOP_RESOLUTION_MS = 5;
+const loopDelay = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
+loopDelay.enable();
+const late = (ns: number): number => Math.max(0, ns / 1e6 - LOOP_RESOLUTION_MS);
 const open = new WeakMap<IncomingMessage, { entry: FakeRequestLog; body: Buffer[] }>();
 
 subscribe('http.server.request.start', (message) => {
@@ -156,7 +164,9 @@ process.on('message', (message: FakesMessage) => {
     configureElevenLabs();
   } else if (message.type === 'drain') {
     const requests = log.splice(0);
-    process.send!({ type: 'log', requests } satisfies FakesReply);
+    const loopDelayMs = { p99: late(loopDelay.percentile(99)), max: late(loopDelay.max) };
+    loopDelay.reset();
+    process.send!({ type: 'log', requests, loopDelayMs } satisfies FakesReply);
   }
 });
 process.on('disconnect', () => {

@@ -27,8 +27,8 @@ export interface Fakes {
   elevenLabsUrl: string;
   pid: number;
   configure(latency: FakesLatency): void;
-  /** The fakes' request log since the last drain. */
-  drain(): Promise<FakeRequestLog[]>;
+  /** The fakes' request log since the last drain, and how late their event loop ran meanwhile. */
+  drain(): Promise<{ requests: FakeRequestLog[]; loopDelayMs: { p99: number; max: number } }>;
   close(): Promise<void>;
 }
 
@@ -52,7 +52,7 @@ export async function startFakes(latency: FakesLatency): Promise<Fakes> {
         const onMessage = (message: FakesReply) => {
           if (message.type !== 'log') return;
           child.off('message', onMessage);
-          resolve(message.requests);
+          resolve({ requests: message.requests, loopDelayMs: message.loopDelayMs });
         };
         child.on('message', onMessage);
         send({ type: 'drain' });
@@ -80,17 +80,18 @@ export interface ServiceProcess {
  * settings leak in from the shell running the benchmark. With `probe`, the
  * process also loads bench/service-probe.ts (cold-start runs do not);
  * `nodeOptions` go to node before everything else (`--cpu-prof`, `--trace-gc`);
- * `cpus` confines the service to those CPUs (`taskset -c`, Linux).
+ * `cpus` confines the service to those CPUs (`taskset -c`, Linux); `entry` starts
+ * another entry point than src/server.ts (the production build, for cold start).
  */
 export async function startService(
   env: Record<string, string>,
-  options: { pollMs?: number; probe?: boolean; nodeOptions?: string[]; cpus?: string } = {},
+  options: { pollMs?: number; probe?: boolean; nodeOptions?: string[]; cpus?: string; entry?: string } = {},
 ): Promise<ServiceProcess> {
   const dataDir = mkdtempSync(join(tmpdir(), 'heyai-bench-'));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const startedAt = clock();
-  const args = [...(options.nodeOptions ?? []), ...(options.probe ? ['--expose-gc', '--import', PROBE] : []), SERVER];
+  const args = [...(options.nodeOptions ?? []), ...(options.probe ? ['--expose-gc', '--import', PROBE] : []), options.entry ?? SERVER];
   // taskset execs node in its own process: the pid is the service's.
   const [command, commandArgs] = options.cpus ? ['taskset', ['-c', options.cpus, process.execPath, ...args]] : [process.execPath, args];
   const child = spawn(command, commandArgs, {

@@ -60,7 +60,7 @@ const { values: args } = parseArgs({
     'webhook-clients': { type: 'string', default: '32' },
     'webhook-seconds': { type: 'string', default: '5' },
     'cold-starts': { type: 'string', default: '7' },
-    phases: { type: 'string', default: 'latency,load,capacity,webhooks,cold' },
+    phases: { type: 'string', default: 'latency,formats,load,capacity,webhooks,cold' },
     modes: { type: 'string', default: 'pieces,whole' },
     json: { type: 'string' },
     'service-node-options': { type: 'string', default: '' },
@@ -97,6 +97,7 @@ try {
       `webhook deadline ${args.deadline} ms; answers of ${answerLengths()} words.\n`,
   );
   if (phases.has('latency')) await latencyPhase();
+  if (phases.has('formats')) await formatsPhase();
   if (phases.has('load')) await loadPhase();
   if (phases.has('capacity')) await capacityPhase();
   if (phases.has('webhooks')) await webhookPhase();
@@ -107,22 +108,22 @@ try {
 console.log(`\nLoad average at the end: ${load()}.`);
 if (args.json) writeFileSync(args.json, `${JSON.stringify(report, null, 2)}\n`);
 
-function serviceEnv(mode: 'pieces' | 'whole'): Record<string, string> {
+function serviceEnv(mode: 'pieces' | 'whole', outputFormat = latency.outputFormat): Record<string, string> {
   return {
     KOOZIE_AGENT_URI: fakes.agentUrl,
     ELEVENLABS_API_KEY: ELEVENLABS_KEY,
     ELEVEN_VOICE_ID: 'bench-voice',
     ELEVENLABS_BASE_URL: fakes.elevenLabsUrl,
-    ELEVEN_OUTPUT_FORMAT: latency.outputFormat,
+    ELEVEN_OUTPUT_FORMAT: outputFormat,
     WEBHOOK_DEADLINE_MS: args.deadline!,
     REPLY_PIECES: mode === 'whole' ? 'whole' : 'sentences',
   };
 }
 
-async function withService<T>(mode: 'pieces' | 'whole', work: (service: ServiceProcess) => Promise<T>): Promise<T> {
+async function withService<T>(mode: 'pieces' | 'whole', work: (service: ServiceProcess) => Promise<T>, outputFormat?: string): Promise<T> {
   const nodeOptions = args['service-node-options']!.split(' ').filter(Boolean);
   const cpusOption = args['service-cpus']!;
-  const service = await startService(serviceEnv(mode), { probe: true, nodeOptions, ...(cpusOption ? { cpus: cpusOption } : {}) });
+  const service = await startService(serviceEnv(mode, outputFormat), { probe: true, nodeOptions, ...(cpusOption ? { cpus: cpusOption } : {}) });
   // The fixed phrases are synthesised in the background after start; let that finish.
   await sleep(latency.ttsFirstByteMs * 2 + 500);
   await fakes.drain();
@@ -179,13 +180,14 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
     const timings = await service.timings();
     const fakeLog = await fakes.drain();
     const orders = new Map(result.turns.map((t) => [t.callSid, t.order]));
-    const overhead = measureOverhead(result.webhooks, fakeLog, orders, timings);
+    const overhead = measureOverhead(result.webhooks, fakeLog.requests, orders, timings);
     const waits = timings.cpuWait;
     const serviceCpuWaitMs = waits.length > 1 ? waits.at(-1)![1] - waits[0]![1] : NaN;
     const memory = active && active.heapUsed > 0 ? { idle, active, calls } : undefined;
     const loops = {
       service: end.loopDelayMs,
       bench: { p50: late(benchLoop.percentile(50)), p99: late(benchLoop.percentile(99)), max: late(benchLoop.max) },
+      fakes: fakeLog.loopDelayMs,
     };
     return { result, overhead, cpu, cpuShares, serviceCpuWaitMs, gc: end.gc, memory, loops };
   });
@@ -205,9 +207,12 @@ async function latencyPhase() {
     floorRow ??= ['floor: agent to first piece + TTS first byte', ...quantiles(result.turns.map((t) => floorMs(t, 'pieces')))];
     rows.push([label(mode), ...quantiles(first)], [`  minus its floor`, ...quantiles(overFloor)]);
     const gaps = turns.flatMap((t) => t.gaps);
+    const firstSound = result.turns.filter((t) => t.firstSoundAt !== undefined).map((t) => t.firstSoundAt! - t.startedAt);
     gapRows.push([
       label(mode),
       String(turns.length),
+      fmt(quantile(firstSound, 0.5)),
+      fmt(Math.max(...firstSound)),
       `${mean(turns.map((t) => t.replySounds)).toFixed(1)}`,
       String(turns.filter((t) => t.holdSounds > 0).length),
       fmt(quantile(gaps, 0.5)),
@@ -219,6 +224,7 @@ async function latencyPhase() {
       unanswered: result.turns.length - turns.length,
       failures: result.failures,
       firstAudioMs: stats(first),
+      firstSoundMs: stats(firstSound),
       overFloorMs: stats(overFloor),
       gapMs: stats(gaps),
       overheadMs: stats(overhead.webhooks.map((w) => w.overheadMs)),
@@ -231,9 +237,41 @@ async function latencyPhase() {
   const pieces = summary.pieces as { firstAudioMs: { p50: number } } | undefined;
   const whole = summary.whole as { firstAudioMs: { p50: number } } | undefined;
   if (pieces && whole) console.log(`Streaming pieces is ${(whole.firstAudioMs.p50 / pieces.firstAudioMs.p50).toFixed(2)}x sooner at p50.`);
-  console.log('\nThe answer as heard: sounds per answer, turns with a hold, silences between sounds after the first (ms)');
-  table(['', 'turns', 'sounds', 'held', 'gap p50', 'gap p99', 'gap max'], gapRows);
+  console.log('\nThe answer as heard: first sound of any kind (a hold, if the answer is late), sounds per answer, turns with a hold, silences between sounds after the first (ms)');
+  table(['', 'turns', 'first sound p50', 'max', 'sounds', 'held', 'gap p50', 'gap p99', 'gap max'], gapRows);
   report.latency = summary;
+}
+
+/**
+ * ulaw_8000 (played as WAV) against MP3: the same calls with each format. The fakes
+ * send audio of their own size per character, so the bytes here compare the formats
+ * only through the service's handling; docs/performance.md gives the real sizes.
+ */
+async function formatsPhase() {
+  const rows: string[][] = [];
+  const summary: Record<string, unknown> = {};
+  for (const outputFormat of ['ulaw_8000', 'mp3_44100_128']) {
+    fakes.configure({ ...latency, outputFormat });
+    const result = await withService(
+      modes[0]!,
+      async (service) => {
+        const cpuBefore = cpuMs(service.pid);
+        const calls = Math.min(20, num('calls'));
+        const run = await runCalls({ serviceUrl: service.url, calls, turns: 2, playback: 0, callerSpeaksMs: 200, rampMs: 500, firstCallIndex: nextCallIndex });
+        nextCallIndex += calls;
+        return { run, cpu: cpuMs(service.pid) - cpuBefore };
+      },
+      outputFormat,
+    );
+    const turns = result.run.turns.filter((t) => t.firstReplyAt !== undefined);
+    const first = turns.map((t) => t.firstReplyAt! - t.startedAt);
+    rows.push([outputFormat, turns[0]?.contentType ?? '-', fmt(quantile(first, 0.5)), fmt(quantile(first, 0.99)), (result.cpu / Math.max(1, turns.length)).toFixed(1)]);
+    summary[outputFormat] = { firstAudioMs: stats(first), cpuMsPerTurn: result.cpu / Math.max(1, turns.length), contentType: turns[0]?.contentType };
+  }
+  fakes.configure(latency);
+  console.log('\nOutput format: the same calls with each (no playback), ms');
+  table(['ELEVEN_OUTPUT_FORMAT', 'served as', 'first audio p50', 'p99', 'CPU ms/turn'], rows);
+  report.formats = summary;
 }
 
 async function loadPhase() {
@@ -261,6 +299,9 @@ async function loadPhase() {
     `  by the former method (the caller's and the fakes' clocks), p50/p99: all ${former()}, answers ${former('answer')}, ` +
       `holds ${former('hold')}, everything else ${former('plain')}`,
   );
+  const byRoute = (path: string) => overhead.webhooks.filter((w) => w.path === path).map((w) => w.overheadMs);
+  const routes = ['/voice', '/speech-result', '/continue', '/call-status'];
+  console.log(`  by route, p50/p99 ms: ${routes.map((r) => `${r} ${fmt(quantile(byRoute(r), 0.5))}/${fmt(quantile(byRoute(r), 0.99))}`).join(', ')}`);
   const staged = byKind('answer').flatMap((w) => (w.stages ? [w.stages] : []));
   if (staged.length > 0) {
     const stage = (pick: (s: NonNullable<(typeof staged)[number]>) => number) => `${fmt(quantile(staged.map(pick), 0.5))}/${fmt(quantile(staged.map(pick), 0.99))}`;
@@ -278,7 +319,7 @@ async function loadPhase() {
   );
   console.log(
     `  event-loop delay, service: p50 ${fmt(loops.service.p50)} p99 ${fmt(loops.service.p99)} max ${fmt(loops.service.max)} ms; ` +
-      `benchmark's own (its callers time the webhooks): p99 ${fmt(loops.bench.p99)} max ${fmt(loops.bench.max)} ms`,
+      `the benchmark's callers p99 ${fmt(loops.bench.p99)} max ${fmt(loops.bench.max)} ms; the fakes' p99 ${fmt(loops.fakes.p99)} max ${fmt(loops.fakes.max)} ms`,
   );
   console.log(
     `  garbage collection in the service: ${gc.count} pauses, ${fmt(gc.totalMs)} ms in all, longest ${fmt(gc.maxMs)} ms, ${gc.over5Ms} of 5 ms or more`,
@@ -304,6 +345,7 @@ async function loadPhase() {
   report.load = {
     calls,
     overheadMs: stats(byKind().map((w) => w.overheadMs)),
+    overheadByRouteMs: Object.fromEntries(routes.map((r) => [r, stats(byRoute(r))])),
     overheadByKind: Object.fromEntries(['answer', 'hold', 'plain'].map((k) => [k, stats(byKind(k).map((w) => w.overheadMs))])),
     overheadNetOfCpuWaitMs: stats(byKind().map((w) => w.overheadMs - w.cpuWaitMs)),
     formerMethodMs: stats(byKind().map((w) => w.formerMs)),
@@ -322,28 +364,31 @@ async function loadPhase() {
 }
 
 async function capacityPhase() {
-  await withService(modes[0]!, async (service) => {
-    const cpuBefore = cpuMs(service.pid);
-    const callers = num('capacity-callers');
-    const result = await runTurnsFor({
-      serviceUrl: service.url,
-      callers,
-      durationMs: num('capacity-seconds') * 1000,
-      turnsPerCall: num('turns'),
-      firstCallIndex: nextCallIndex,
+  const callers = num('capacity-callers');
+  const rows: string[][] = [];
+  const summary: Record<string, unknown> = {};
+  for (const mode of modes) {
+    await withService(mode, async (service) => {
+      const cpuBefore = cpuMs(service.pid);
+      const result = await runTurnsFor({
+        serviceUrl: service.url,
+        callers,
+        durationMs: num('capacity-seconds') * 1000,
+        turnsPerCall: num('turns'),
+        firstCallIndex: nextCallIndex,
+      });
+      nextCallIndex += 1_000_000;
+      const cpu = cpuMs(service.pid) - cpuBefore;
+      const perSec = result.turns / (result.wallMs / 1000);
+      const cpuPerTurn = cpu / Math.max(1, result.turns);
+      rows.push([label(mode), String(result.turns), perSec.toFixed(0), fmt(quantile(result.turnMs, 0.5)), fmt(quantile(result.turnMs, 0.99)), `${((cpu / result.wallMs) * 100).toFixed(0)}%`, cpuPerTurn.toFixed(2), String(result.failures.length)]);
+      if (result.failures.length > 0) console.log(`  e.g. ${result.failures[0]}`);
+      summary[mode] = { callers, turns: result.turns, turnsPerSec: perSec, cpuMsPerTurn: cpuPerTurn, turnMs: stats(result.turnMs), failures: result.failures.length };
     });
-    nextCallIndex += 1_000_000;
-    const cpu = cpuMs(service.pid) - cpuBefore;
-    const perSec = result.turns / (result.wallMs / 1000);
-    const cpuPerTurn = cpu / Math.max(1, result.turns);
-    console.log(`\nCapacity: ${callers} callers asking back to back for ${num('capacity-seconds')} s, nobody listening`);
-    table(
-      ['turns', 'turns/s', 'turn p50 ms', 'turn p99 ms', 'service CPU', 'CPU ms/turn', 'failures'],
-      [[String(result.turns), perSec.toFixed(0), fmt(quantile(result.turnMs, 0.5)), fmt(quantile(result.turnMs, 0.99)), `${((cpu / result.wallMs) * 100).toFixed(0)}%`, cpuPerTurn.toFixed(2), String(result.failures.length)]],
-    );
-    if (result.failures.length > 0) console.log(`  e.g. ${result.failures[0]}`);
-    report.capacity = { callers, turns: result.turns, turnsPerSec: perSec, cpuMsPerTurn: cpuPerTurn, turnMs: stats(result.turnMs), failures: result.failures.length };
-  });
+  }
+  console.log(`\nCapacity: ${callers} callers asking back to back for ${num('capacity-seconds')} s, nobody listening (a turn ends when the whole answer is voiced)`);
+  table(['', 'turns', 'turns/s', 'turn p50 ms', 'turn p99 ms', 'service CPU', 'CPU ms/turn', 'failures'], rows);
+  report.capacity = summary;
 }
 
 async function webhookPhase() {
@@ -367,12 +412,16 @@ async function webhookPhase() {
 async function coldPhase() {
   const runs = num('cold-starts');
   const result = await measureColdStart(runs, serviceEnv(modes[0]!));
-  console.log(`\nCold start: spawn of node src/server.ts → first /healthz 200 (${runs} starts), ms`);
+  const row = (name: string, values: number[]) => [name, fmt(quantile(values, 0.5)), fmt(Math.min(...values)), fmt(Math.max(...values))];
+  console.log(`\nCold start: spawn → first /healthz 200 (${runs} starts each), ms`);
   table(['', 'p50', 'min', 'max'], [
-    ['service ready', fmt(quantile(result.readyMs, 0.5)), fmt(Math.min(...result.readyMs)), fmt(Math.max(...result.readyMs))],
-    ['node -e "" (spawn to exit)', fmt(quantile(result.nodeMs, 0.5)), fmt(Math.min(...result.nodeMs)), fmt(Math.max(...result.nodeMs))],
+    row('node src/server.ts (npm start)', result.readyMs),
+    ...(result.builtReadyMs.length > 0 ? [row('node dist/src/server.js (the image)', result.builtReadyMs)] : []),
+    row('node -e "" (spawn to exit)', result.nodeMs),
   ]);
-  report.cold = { readyMs: stats(result.readyMs), nodeMs: stats(result.nodeMs) };
+  const heaviest = [...result.imports].sort((a, b) => b.ms - a.ms).slice(0, 6);
+  console.log(`  heaviest imports on the start path (own time, fresh process): ${heaviest.map((i) => `${i.module} ${fmt(i.ms)}`).join(', ')}`);
+  report.cold = { readyMs: stats(result.readyMs), builtReadyMs: stats(result.builtReadyMs), nodeMs: stats(result.nodeMs), imports: result.imports };
 }
 
 // ---- the floors the fakes allow ----

@@ -11,6 +11,7 @@
  * 45 to 55 words, some opening with a short sentence, one with a long sentence that
  * has to be cut at a comma.
  */
+import { SpeakablePieces } from '../src/speech/speakable-pieces.ts';
 
 /** Words per token, OpenAI's rule of thumb; the fake agent streams one word per chunk. */
 export const WORDS_PER_TOKEN = 0.75;
@@ -68,10 +69,14 @@ export function wordIntervalMs(tokensPerSec: number): number {
   return 1000 / (tokensPerSec * WORDS_PER_TOKEN);
 }
 
-/** The first piece the service can speak: the first sentence. */
+/** The first piece the service voices when the agent streams `answer` a word at a time. */
 export function firstPieceText(answer: string): string {
-  const end = /[.!?](\s|$)/.exec(answer);
-  return end ? answer.slice(0, end.index + 1) : answer;
+  const pieces = new SpeakablePieces();
+  for (const word of answer.split(' ')) {
+    const [first] = pieces.push(`${word} `);
+    if (first) return first;
+  }
+  return pieces.end()[0] ?? '';
 }
 
 export function wordCount(text: string): number {
