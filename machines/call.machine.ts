@@ -16,6 +16,9 @@
  * caller hears the first sentence as soon as it is voiced (`replying`), Twilio
  * comes back for more when it has played it (CONTINUE), and the last pieces are
  * heard while listening. Each pass through `speaking` voices the next pieces.
+ * While the caller hears the first pieces, `replying` waits for the agent to finish
+ * and stores the whole answer (`collectReply`), so the instance that gets Twilio's
+ * CONTINUE voices the rest without asking the agent again.
  *
  * Deadlines are absolute times in context (`turn.deadlineAt`), checked when an
  * event arrives, never `after` delays: a restored actor does not re-arm `after`
@@ -91,6 +94,17 @@ export interface Turn {
   reply?: string;
   /** The reply's pieces voiced so far, in order (`reply` is them joined by spaces). */
   pieces?: string[];
+  /**
+   * The agent's whole answer, piece by piece, stored once it has finished writing
+   * while the caller still hears the first pieces: whichever instance Twilio comes
+   * back to voices the rest from here. Dropped once the caller has been given it all.
+   */
+  written?: string[];
+  /**
+   * The agent's answer stopped early, after some text (its connection broke, or it
+   * ran out of time): why. The reply is what it had said by then.
+   */
+  cut?: string;
   /** Milliseconds from the caller's speech to the agent's first chunk / whole answer. */
   agentFirstChunkMs?: number;
   agentCompleteMs?: number;
@@ -146,7 +160,7 @@ export type CallEvent =
   | { type: 'SPEECH'; text: string; confidence?: number; at: number }
   | { type: 'SILENCE'; at: number }
   | { type: 'HOLD'; at: number }
-  /** Twilio played what it was given and asks what follows (`/continue`). */
+  /** Twilio played the first pieces of a reply and asks for the rest (`/continue?played=1`). */
   | { type: 'CONTINUE'; at: number }
   | { type: 'HANGUP'; at: number; status: string; durationSec?: number };
 
@@ -163,13 +177,23 @@ export interface AgentTurnOutput {
   firstChunkAt: number;
   at: number;
 }
+/** Where a reply stands: what the caller has been given, and what the agent was asked (to ask again if the answer was lost). */
+export interface ReplyProgress {
+  callSid: string;
+  turn: number;
+  /** The pieces the caller has been given so far. */
+  heard: string[];
+  /** The whole answer, once stored (see `Turn.written`). */
+  written?: string[];
+  request: AgentTurnInput;
+}
 export interface VoiceInput {
   callSid: string;
   prompt: Prompt;
   /** The text spoken just before, so synthesised pieces sound like one voice. */
   previousText?: string;
-  /** For a reply: which pieces the caller has heard, and what the agent was asked (to ask again if the answer was lost). */
-  reply?: { turn: number; heard: string[]; request: AgentTurnInput };
+  /** For a reply: where it stands. */
+  reply?: ReplyProgress;
 }
 export interface VoiceOutput {
   audio?: string;
@@ -178,8 +202,19 @@ export interface VoiceOutput {
   pieces?: PromptPiece[];
   more?: boolean;
   agentCompleteAt?: number;
-  /** Something went wrong that the caller does not hear (a piece read by the phone, an answer cut short). */
+  /** Something went wrong that the caller does not hear (a piece read by the phone). */
   problem?: string;
+  /** The agent's answer ended early: why (see `Turn.cut`). */
+  cut?: string;
+}
+/** The agent's whole answer, once it has finished writing it (`collectReply`). */
+export interface WrittenReply {
+  /** Every piece, from the first, the ones the caller has heard included. */
+  pieces: string[];
+  /** When the agent finished (ms since epoch). */
+  completeAt: number;
+  /** The answer ended early: why (see `Turn.cut`). */
+  cut?: string;
 }
 /** What a failed `voicePrompt` may carry: the reply's pieces, none voiced, for the phone to read. */
 export interface VoiceFailure {
@@ -242,6 +277,7 @@ export const callMachine = setup({
   actors: {
     askAgent: notProvided('askAgent') as unknown as ReturnType<typeof fromPromise<AgentTurnOutput, AgentTurnInput>>,
     voicePrompt: notProvided('voicePrompt') as unknown as ReturnType<typeof fromPromise<VoiceOutput, VoiceInput>>,
+    collectReply: notProvided('collectReply') as unknown as ReturnType<typeof fromPromise<WrittenReply, ReplyProgress>>,
   },
   guards: {
     callerSaysGoodbye: ({ event }) => event.type === 'SPEECH' && saysGoodbye(event.text),
@@ -267,6 +303,14 @@ export const callMachine = setup({
       if (output.audio) prompt.audio = output.audio;
       else delete prompt.audio;
       return { prompt, turns: voicedTurn(context, output.audio ? 'audio' : 'say', output.at) };
+    }),
+    storeWritten: assign(({ context, event }) => {
+      const output = (event as unknown as { output: WrittenReply }).output;
+      const turn = context.turns.at(-1);
+      if (!turn) return {};
+      const update: Partial<Turn> = { written: output.pieces, agentCompleteMs: output.completeAt - turn.startedAt };
+      if (output.cut === undefined) return { turns: updateLastTurn(context.turns, update) };
+      return { turns: updateLastTurn(context.turns, { ...update, cut: output.cut }), lastError: output.cut };
     }),
     applyVoiceFailure: assign(({ context, event }) => {
       const lastError = `speech: ${errorMessage((event as unknown as { error: unknown }).error)}`;
@@ -326,7 +370,7 @@ export const callMachine = setup({
           {
             guard: 'callerSaysGoodbye',
             target: 'speaking',
-            actions: assign({ ending: 'goodbye', prompt: phrase('goodbye') }),
+            actions: assign({ ending: 'goodbye', holds: 0, prompt: phrase('goodbye') }),
           },
           {
             target: 'thinking',
@@ -343,15 +387,16 @@ export const callMachine = setup({
             }),
           },
         ],
+        // Each silence starts a new wait for the caller: a slow voice says the hold phrase again, once.
         SILENCE: [
           {
             guard: 'mayRepromptAgain',
             target: 'speaking',
-            actions: assign({ silences: ({ context }) => context.silences + 1, prompt: phrase('reprompt') }),
+            actions: assign({ silences: ({ context }) => context.silences + 1, holds: 0, prompt: phrase('reprompt') }),
           },
           {
             target: 'speaking',
-            actions: assign({ ending: 'silence', prompt: phrase('goodbyeSilence') }),
+            actions: assign({ ending: 'silence', holds: 0, prompt: phrase('goodbyeSilence') }),
           },
         ],
       },
@@ -424,7 +469,7 @@ export const callMachine = setup({
           const input: VoiceInput = { callSid: context.callSid, prompt: context.prompt };
           if (context.prompt.kind === 'reply' && previous) {
             input.previousText = previous.caller;
-            input.reply = { turn: previous.index, heard: previous.pieces ?? [], request: agentInput(context) };
+            input.reply = replyProgress(context);
           }
           return input;
         },
@@ -438,12 +483,23 @@ export const callMachine = setup({
           { target: 'listening', actions: 'applyVoiceFailure' },
         ],
       },
+      on: {
+        // Counted, so only the first hold of a wait says the hold phrase; later ones pause.
+        HOLD: { actions: assign({ holds: ({ context }) => context.holds + 1 }) },
+      },
     },
     replying: {
       description:
-        'The caller hears the first pieces of the reply while the agent is still writing the rest. When they have played, Twilio asks for more (CONTINUE).',
+        'The caller hears the first pieces of the reply while the agent is still writing the rest; once the agent has finished, the whole answer is stored. When the pieces have played, Twilio asks for more (CONTINUE).',
       tags: ['renderable'],
       entry: { type: 'recordStep', params: { state: 'replying' } },
+      invoke: {
+        id: 'rest',
+        src: 'collectReply',
+        input: ({ context }): ReplyProgress => replyProgress(context),
+        // It does not fail: however the answer ended, what the agent wrote stands (a cut is noted).
+        onDone: { actions: 'storeWritten' },
+      },
       on: {
         CONTINUE: {
           target: 'speaking',
@@ -474,6 +530,13 @@ function agentInput(context: CallContext): AgentTurnInput {
   return { callSid: context.callSid, turn: turn.index, message: turn.caller, history: historyOf(context.turns.slice(0, -1)) };
 }
 
+function replyProgress(context: CallContext): ReplyProgress {
+  const turn = context.turns.at(-1)!;
+  const progress: ReplyProgress = { callSid: context.callSid, turn: turn.index, heard: turn.pieces ?? [], request: agentInput(context) };
+  if (turn.written) progress.written = turn.written;
+  return progress;
+}
+
 /**
  * A reply's next pieces are voiced: they become the prompt, and the turn records
  * them. An actor that answers without pieces voiced the prompt's text as one.
@@ -485,21 +548,26 @@ function voicedReply(context: CallContext, output: VoiceOutput): Partial<CallCon
   if (output.more) prompt.more = true;
   const patch: Partial<CallContext> = { prompt };
   if (output.problem) patch.lastError = output.problem;
+  if (output.cut) patch.lastError = output.cut;
   const turn = context.turns.at(-1);
   if (!turn || context.prompt.key !== `t${turn.index}`) return patch;
   const heard = [...(turn.pieces ?? []), ...pieces.map((p) => p.text)];
-  const update: Partial<Turn> = { pieces: heard };
-  if (heard.length > 0) update.reply = heard.join(' ');
-  if (turn.firstAudioMs === undefined) update.firstAudioMs = output.at - turn.startedAt;
-  if (pieces.some((p) => !p.audio)) update.voicedBy = 'say';
-  else if (turn.voicedBy === undefined) update.voicedBy = 'audio';
+  const updated: Turn = { ...turn, pieces: heard };
+  // Once the caller has been given all of it, the stored answer has served its purpose.
+  if (!output.more) delete updated.written;
+  if (heard.length > 0) updated.reply = heard.join(' ');
+  if (turn.firstAudioMs === undefined) updated.firstAudioMs = output.at - turn.startedAt;
+  if (pieces.some((p) => !p.audio)) updated.voicedBy = 'say';
+  else if (turn.voicedBy === undefined) updated.voicedBy = 'audio';
+  if (output.cut) updated.cut = output.cut;
   if (!output.more) {
-    const completeAt = output.agentCompleteAt ?? output.at;
-    update.agentCompleteMs = completeAt - turn.startedAt;
-    update.speechMs = output.at - completeAt;
-    update.totalMs = output.at - turn.startedAt;
+    // The agent's end: as this voicing saw it, else as stored when the answer was written.
+    const completeMs = output.agentCompleteAt !== undefined ? output.agentCompleteAt - turn.startedAt : (turn.agentCompleteMs ?? output.at - turn.startedAt);
+    updated.agentCompleteMs = completeMs;
+    updated.speechMs = output.at - (turn.startedAt + completeMs);
+    updated.totalMs = output.at - turn.startedAt;
   }
-  patch.turns = updateLastTurn(context.turns, update);
+  patch.turns = [...context.turns.slice(0, -1), updated];
   return patch;
 }
 

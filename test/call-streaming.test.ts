@@ -62,6 +62,22 @@ function verbs(twiml: string): string[] {
   });
 }
 
+/** Path and query of a document's `<Redirect>`, if it has one. */
+function redirectOf(twiml: string): string | undefined {
+  const match = /<Redirect[^>]*>([^<]+)<\/Redirect>/.exec(twiml);
+  if (!match) return undefined;
+  const url = new URL(match[1]!.replaceAll('&amp;', '&'));
+  return url.pathname + url.search;
+}
+
+/** Path and query of every reply audio `<Play>` of a document. */
+function replyAudioOf(twiml: string): string[] {
+  return [...twiml.matchAll(/<Play>([^<]+\/audio\/call\/[^<]+)<\/Play>/g)].map((m) => {
+    const url = new URL(m[1]!.replaceAll('&amp;', '&'));
+    return url.pathname + url.search;
+  });
+}
+
 function toXml(nodes: unknown): string {
   return (nodes as Array<Record<string, unknown>>)
     .map((node) => {
@@ -160,9 +176,27 @@ describe('a reply voiced while the agent writes it', () => {
     const record = await svc.service.store.getRecord(call.callSid);
     expect(record?.turns[0]).toMatchObject({ reply: 'We open at nine. On Satur', pieces: ['We open at nine.', 'On Satur'] });
     expect(record?.turns[0]?.failure).toBeUndefined();
-    expect(record?.lastError).toMatch(/^agent: .*did not finish within 1000 ms/);
+    // A timeout, said as one, and the turn says where the answer was cut.
+    expect(record?.turns[0]?.cut).toMatch(/^agent: .*within 1000 ms; the answer was cut there$/);
+    expect(record?.lastError).toBe(record?.turns[0]?.cut);
     agent.setBehaviour({ kind: 'reply' });
     expect(spoken((await call.say('OK')).heard)).toEqual(['[audio]']);
+  });
+
+  it('after a hold, the first sentence is played, not skipped, and the rest follows when Twilio asks for it', async () => {
+    const svc = await serviceWith({ WEBHOOK_DEADLINE_MS: '200' });
+    agent.setBehaviour({ ...SLOW, firstChunkDelayMs: 500 });
+    // "One moment." lasts long enough for the first sentence to be voiced and stored meanwhile.
+    const call = svc.call({ playbackMs: (h) => (h.verb === 'Say' ? 1_000 : 0) });
+    await call.dial();
+    const turn = await call.say('When do you open?');
+    // The hold's redirect picks the reply up where it is; only the reply's own redirect asks for the rest.
+    expect(turn.documents.map(verbs).slice(0, 2)).toEqual([['Say', 'Redirect'], ['Play', 'Redirect']]);
+    expect(turn.documents[0]).toContain('/continue</Redirect>');
+    expect(turn.documents[1]).toContain('/continue?played=1</Redirect>');
+    expect(spoken(turn.heard)).toEqual([PHRASES.hold, '[audio]', '[audio]', '[audio]']);
+    const record = await svc.service.store.getRecord(call.callSid);
+    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
   });
 
   it('with REPLY_PIECES=whole, voices the answer once it is complete, in one piece', async () => {
@@ -188,7 +222,7 @@ describe('a reply voiced while the agent writes it', () => {
     expect(record?.turns[0]?.pieces).toEqual([SENTENCES[0]]);
   });
 
-  it('continues the reply on another instance that never saw it: the agent is asked again, the rest is voiced there', async () => {
+  it('continues the reply on another instance: the rest is voiced there from the stored answer, the agent is asked once', async () => {
     const a = await serviceWith();
     const b = await serviceWith({}, { dataDir: a.dataDir });
     const call = a.call();
@@ -196,15 +230,28 @@ describe('a reply voiced while the agent writes it', () => {
     const first = await call.webhook('/speech-result', { SpeechResult: 'When do you open?', Confidence: '0.9' });
     expect(verbs(first.body)).toEqual(['Play', 'Redirect']);
 
-    // Twilio comes back for more; this time the webhooks land on B.
+    // Twilio comes back for more as soon as the first sentence has played; the webhooks land on B,
+    // which waits for A to store the whole answer (a hold if it takes longer than the deadline).
     const heard: string[] = [];
-    for (let hops = 0; !heard.some((v) => v.startsWith('Gather')) && hops < 20; hops++) {
-      heard.push(...verbs((await b.call({ callSid: call.callSid }).webhook('/continue')).body));
+    const answeredByB: string[] = [];
+    let next = redirectOf(first.body);
+    for (let hops = 0; next && hops < 20; hops++) {
+      const body = (await b.call({ callSid: call.callSid }).webhook(next)).body;
+      answeredByB.push(body);
+      heard.push(...verbs(body));
+      next = redirectOf(body);
     }
-    expect(heard.join(',').match(/Play/g)).toHaveLength(2);
-    // Asked once by each instance, for the same turn.
-    expect(agent.requests.map((r) => r.message)).toEqual(['When do you open?', 'When do you open?']);
+    expect(heard.at(-1)).toBe('Gather(Play,Play)');
+    expect(agent.requests.map((r) => r.message)).toEqual(['When do you open?']);
     const record = await b.service.store.getRecord(call.callSid);
-    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
+    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES, voicedBy: 'audio' });
+    expect(record?.turns[0]?.written).toBeUndefined();
+    expect(record?.path.map((p) => p.state).slice(3)).toEqual(['thinking', 'speaking', 'replying', 'speaking', 'listening']);
+    // B voiced the rest itself: its pieces are served by B from memory.
+    const before = eleven.requests.length;
+    const rest = answeredByB.flatMap(replyAudioOf);
+    expect(rest).toHaveLength(2);
+    for (const url of rest) expect((await fetch(`${b.address}${url}`)).status).toBe(200);
+    expect(eleven.requests.length).toBe(before);
   });
 });

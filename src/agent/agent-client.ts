@@ -145,10 +145,12 @@ async function* streamReply(
         read = await reader.read();
       } catch (error) {
         if (signal.aborted) throw stopped();
-        // The connection dropped mid-answer. Once the caller has heard part of the
-        // answer, that part stands and the turn ends normally: cutting it off with an
-        // apology would be worse than a short answer. Before any text, it is a failure.
-        if (spokeAtAll) return;
+        // The connection dropped mid-answer. Once there is text, that text stands as
+        // the answer (`broken`: the caller hears it rather than an apology, and the
+        // turn records that it was cut). Before any text, it is a failure.
+        if (spokeAtAll) {
+          throw new AgentError('broken', `the connection to the agent at ${agentHost} broke mid-answer`, { cause: error });
+        }
         throw new AgentError('unreachable', `the connection to the agent at ${agentHost} broke before any text`, {
           cause: error,
         });

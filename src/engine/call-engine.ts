@@ -26,6 +26,13 @@
  * running the agent again. A working state whose lease has lapsed was left by a
  * process that died: the engine adopts it (restoring restarts the invoked actor).
  *
+ * A renderable state can have work of its own going on after its webhook has
+ * answered (`replying` stores the agent's whole answer once it is written): the
+ * actor stays live and keeps the lease until that work is done and committed. A
+ * webhook on another instance that needs the result (Twilio's CONTINUE) waits for
+ * it as for a working state; one that changes nothing answers without committing,
+ * so the owner's work is not made stale.
+ *
  * @see https://github.com/statelyai/xstate/blob/main/packages/core/src/transition.ts
  * @see https://github.com/statelyai/xstate/issues/5331 (why deadlines live in context)
  */
@@ -48,9 +55,11 @@ import {
   type CallContext,
   type CallEvent,
   type PromptPiece,
+  type ReplyProgress,
   type VoiceFailure,
   type VoiceInput,
   type VoiceOutput,
+  type WrittenReply,
 } from '../../machines/call.machine.ts';
 import { AgentError, type Agent } from '../agent/agent.ts';
 import type { PieceMode } from '../speech/speakable-pieces.ts';
@@ -61,6 +70,12 @@ import { ReplyStream } from './reply-stream.ts';
 export interface CallView {
   state: string;
   context: CallContext;
+  /**
+   * The caller is kept on hold whatever the state, while another instance works on
+   * the call; `continuing`: Twilio's CONTINUE still has to be applied, so the hold's
+   * redirect says so again.
+   */
+  hold?: { continuing: boolean };
 }
 
 export interface EngineOptions {
@@ -101,6 +116,8 @@ type CallActor = Actor<CallMachine>;
 interface Live {
   actor: CallActor;
   revision: number;
+  /** The snapshot stored at `revision` by this instance, if it came from this actor. */
+  committed?: CallSnapshot;
   renewal?: ReturnType<typeof setInterval>;
 }
 
@@ -133,6 +150,7 @@ export class CallEngine {
       actors: {
         askAgent: fromPromise<AgentTurnOutput, AgentTurnInput>(({ input, signal }) => this.#askAgent(input, signal)),
         voicePrompt: fromPromise<VoiceOutput, VoiceInput>(({ input, signal }) => this.#voicePrompt(input, signal)),
+        collectReply: fromPromise<WrittenReply, ReplyProgress>(({ input, signal }) => this.#collectReply(input, signal)),
       },
     });
   }
@@ -222,12 +240,16 @@ export class CallEngine {
       if (stored.snapshot === null) return { kind: 'unknown' };
       current = this.machine.resolveState(stored.snapshot as Parameters<CallMachine['resolveState']>[0]);
       next = event ? transition(this.machine, current, event)[0] : current;
+      const worker = stored.record.worker;
+      const ownedElsewhere = worker !== undefined && worker.instance !== this.instanceId && worker.until > this.#now();
       if (isWorking(current) && (next === current || isWorking(next))) {
-        const worker = stored.record.worker;
-        if (worker && worker.instance !== this.instanceId && worker.until > this.#now()) {
-          return this.#waitForOwner(stored, current, deadline);
-        }
+        if (ownedElsewhere) return this.#waitForOwner(stored, current, deadline, event);
         return this.#adopt(stored, event, request, deadline);
+      }
+      if (ownedElsewhere) {
+        // The owner is finishing work in the background (the rest of a reply).
+        if (isWorking(next)) return this.#waitForOwner(stored, current, deadline, event);
+        if (next === current) return { kind: 'answer', body: this.#options.render(viewOf(current)), view: viewOf(current) };
       }
     }
 
@@ -255,7 +277,12 @@ export class CallEngine {
    * than run the agent twice. Past the webhook deadline the caller is kept on hold
    * (nothing is committed; the owner still owns the turn).
    */
-  async #waitForOwner(stored: StoredCall, current: CallSnapshot, deadline: number): Promise<EngineAnswer | 'reload'> {
+  async #waitForOwner(
+    stored: StoredCall,
+    current: CallSnapshot,
+    deadline: number,
+    event: CallEvent | undefined,
+  ): Promise<EngineAnswer | 'reload'> {
     // The webhook's deadline, not a fresh one: the owner's lease renewals reload
     // this wait every LEASE_RENEW_MS, and must not keep Twilio waiting past it.
     while (this.#now() < deadline) {
@@ -264,7 +291,11 @@ export class CallEngine {
       if (!latest || latest.revision !== stored.revision) return 'reload';
     }
     const view = viewOf(current);
-    const held: CallView = { ...view, context: { ...view.context, holds: view.context.holds + 1 } };
+    const held: CallView = {
+      ...view,
+      context: { ...view.context, holds: view.context.holds + 1 },
+      hold: { continuing: event?.type === 'CONTINUE' },
+    };
     return { kind: 'answer', body: this.#options.render(held), view: held };
   }
 
@@ -298,13 +329,14 @@ export class CallEngine {
     return this.#withLock(callSid, async () => {
       if (this.#live.get(callSid) !== live) return;
       const snapshot = live.actor.getSnapshot();
-      if (!isWorking(snapshot)) return;
+      if (!needsLease(snapshot)) return;
       const revision = await this.#commit(callSid, live.revision, snapshot, {}, undefined);
       if (revision === undefined) {
         this.#options.log.warn({ callSid }, 'lost the lease on a turn: another instance moved the call on');
         this.#dropLive(callSid, live);
       } else {
         live.revision = revision;
+        live.committed = snapshot;
       }
     }).catch((error: unknown) => this.#options.log.warn({ callSid, err: error }, 'could not renew a turn lease'));
   }
@@ -329,7 +361,8 @@ export class CallEngine {
       return 'conflict';
     }
     live.revision = revision;
-    if (!isWorking(snapshot)) this.#dropLive(callSid, live);
+    live.committed = snapshot;
+    if (!needsLease(snapshot)) this.#dropLive(callSid, live);
     return { kind: 'answer', body, view };
   }
 
@@ -350,18 +383,30 @@ export class CallEngine {
         return undefined;
       }
       live.revision = revision;
+      live.committed = snapshot;
     }
   }
 
-  /** A live actor settled after its webhook answered: store the result for the next webhook. */
+  /**
+   * A live actor settled after its webhook answered, or its background work ended:
+   * store the result for the next webhook. It stays live while work goes on.
+   */
   #flushLive(callSid: string, live: Live): Promise<unknown> {
     return this.#withLock(callSid, async () => {
       if (this.#live.get(callSid) !== live) return;
       const snapshot = live.actor.getSnapshot();
       if (isWorking(snapshot)) return;
-      const revision = await this.#commit(callSid, live.revision, snapshot, {}, undefined);
-      if (revision === undefined) this.#options.log.warn({ callSid }, 'a turn finished after the call moved on; dropped');
-      this.#dropLive(callSid, live);
+      if (snapshot !== live.committed) {
+        const revision = await this.#commit(callSid, live.revision, snapshot, {}, undefined);
+        if (revision === undefined) {
+          this.#options.log.warn({ callSid }, 'a turn finished after the call moved on; dropped');
+          this.#dropLive(callSid, live);
+          return;
+        }
+        live.revision = revision;
+        live.committed = snapshot;
+      }
+      if (!needsLease(snapshot)) this.#dropLive(callSid, live);
     }).catch((error: unknown) => {
       this.#options.log.error({ callSid, err: error }, 'could not store a finished turn');
       this.#dropLive(callSid, live);
@@ -386,7 +431,7 @@ export class CallEngine {
       callSid,
       expectedRevision,
       snapshot: this.machine.getPersistedSnapshot(snapshot),
-      record: recordOf(snapshot, isWorking(snapshot) ? { instance: this.instanceId, until: this.#now() + LEASE_MS } : undefined),
+      record: recordOf(snapshot, needsLease(snapshot) ? { instance: this.instanceId, until: this.#now() + LEASE_MS } : undefined),
       ...(request.key && body !== undefined ? { response: { key: request.key, body } } : {}),
       now: this.#now(),
     });
@@ -457,16 +502,15 @@ export class CallEngine {
    * that is left, so the rest plays in one document (inside the <Gather>) with no
    * round trip between pieces.
    */
-  async #voiceReply(callSid: string, reply: NonNullable<VoiceInput['reply']>, signal: AbortSignal): Promise<VoiceOutput> {
+  async #voiceReply(callSid: string, reply: ReplyProgress, signal: AbortSignal): Promise<VoiceOutput> {
     const key = replyKey(callSid, reply.turn);
-    const stream = this.#replies.get(key) ?? this.#startReply(reply.request, reply.heard.length);
+    const stream = this.#replies.get(key) ?? this.#startReply(reply.request, reply.heard.length, reply.written);
     const from = reply.heard.length;
     await stream.until(() => stream.pieces.length > from || stream.finished, signal);
-    const lost = reply.heard.findIndex((text, i) => stream.pieces[i] !== undefined && stream.pieces[i]!.text !== text);
-    if (lost >= 0) {
+    if (!continuesHeard(stream, reply.heard)) {
       // The answer was streamed by a process that is gone; asked again, the agent said something else.
       this.#dropReply(key, stream, undefined);
-      return { at: this.#now(), pieces: [], more: false, problem: 'agent: the rest of the answer was lost and, asked again, the agent answered differently' };
+      return { at: this.#now(), pieces: [], more: false, cut: LOST_ANSWER };
     }
     const settled = (i: number) => stream.pieces[i]?.voiced !== undefined;
     await stream.until(() => settled(from) || (stream.finished && stream.pieces.length <= from), signal);
@@ -487,21 +531,49 @@ export class CallEngine {
     }
     const more = !(stream.finished && from + pieces.length >= stream.pieces.length);
     const log = this.#options.log.child({ callSid });
+    // When the agent finished, as this stream saw it (a stream from the store did not see it).
+    const agentCompleteAt = stream.fromStore ? undefined : stream.completeAt;
     if (!more) {
       this.#dropReply(key, stream, undefined);
       const failed = stream.pieces.slice(from).find((p) => p.error);
       if (pieces.length > 0 && !pieces.some((p) => p.audio) && failed) {
         // None of the rest could be voiced: a speech failure, as for a reply voiced in one go.
         log.warn({ err: failed.error, turn: reply.turn }, 'speech synthesis failed; the phone reads the words instead');
-        throw new UnvoicedReply(failed.error, pieces, stream.completeAt);
+        throw new UnvoicedReply(failed.error, pieces, agentCompleteAt);
       }
-      if (stream.error) problem ??= `agent: ${errorText(stream.error)} (the caller heard the answer up to there)`;
     }
     if (problem) log.warn({ problem, turn: reply.turn }, 'part of a reply could not be voiced as asked');
-    return { at: this.#now(), pieces, more, ...(stream.completeAt !== undefined ? { agentCompleteAt: stream.completeAt } : {}), ...(problem ? { problem } : {}) };
+    const output: VoiceOutput = { at: this.#now(), pieces, more };
+    if (agentCompleteAt !== undefined) output.agentCompleteAt = agentCompleteAt;
+    if (problem) output.problem = problem;
+    const cut = more ? undefined : cutOf(stream);
+    if (cut) {
+      log.warn({ cut, turn: reply.turn }, 'the agent’s answer was cut short; the caller heard it up to there');
+      output.cut = cut;
+    }
+    return output;
   }
 
-  #startReply(request: AgentTurnInput, alreadyHeard: number): ReplyStream {
+  /**
+   * Waits for the agent to finish the answer whose first pieces the caller is
+   * hearing, and hands all of it to the machine, which stores it: a CONTINUE that
+   * lands on another instance voices the rest from the store instead of asking the
+   * agent again. It does not fail (the machine has no branch for it): an answer
+   * that went wrong yields what the agent wrote, with the reason it was cut.
+   */
+  async #collectReply(reply: ReplyProgress, signal: AbortSignal): Promise<WrittenReply> {
+    const key = replyKey(reply.callSid, reply.turn);
+    const stream = this.#replies.get(key) ?? this.#startReply(reply.request, reply.heard.length, reply.written);
+    // Aborted when the call moves on first (CONTINUE, a hang-up): the stream stays for whoever voices the rest.
+    await stream.until(() => stream.finished, signal);
+    if (!continuesHeard(stream, reply.heard)) return { pieces: reply.heard, completeAt: this.#now(), cut: LOST_ANSWER };
+    const written: WrittenReply = { pieces: stream.pieces.map((p) => p.text), completeAt: stream.completeAt ?? this.#now() };
+    const cut = cutOf(stream);
+    if (cut) written.cut = cut;
+    return written;
+  }
+
+  #startReply(request: AgentTurnInput, alreadyHeard: number, written?: string[]): ReplyStream {
     const key = replyKey(request.callSid, request.turn);
     const stream = new ReplyStream({
       agent: this.#options.agent,
@@ -513,6 +585,7 @@ export class CallEngine {
       timeoutMs: this.#options.agentTimeoutMs,
       now: this.#now,
       alreadyHeard,
+      ...(written ? { written } : {}),
       // A reply nobody comes back for (the caller hung up mid-answer) is forgotten after a while.
       onFinished: () => {
         if (this.#replies.get(key) === stream) stream.expireAfter(REPLY_KEPT_MS, () => this.#dropReply(key, stream, undefined));
@@ -564,6 +637,20 @@ function replyKey(callSid: string, turn: number): string {
   return `${callSid}/t${turn}`;
 }
 
+const LOST_ANSWER = 'agent: the rest of the answer was lost and, asked again, the agent answered differently';
+
+/** The stream's pieces begin with what the caller has heard (false: it was asked again and said something else). */
+function continuesHeard(stream: ReplyStream, heard: string[]): boolean {
+  if (stream.finished && stream.pieces.length < heard.length) return false;
+  return heard.every((text, i) => stream.pieces[i] === undefined || stream.pieces[i]!.text === text);
+}
+
+/** Why an answer with text stopped early, as the turn records it; undefined when it ended normally. */
+function cutOf(stream: ReplyStream): string | undefined {
+  if (!stream.finished || stream.error === undefined || stream.pieces.length === 0) return undefined;
+  return `agent: ${errorText(stream.error)}; the answer was cut there`;
+}
+
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -571,6 +658,17 @@ function errorText(error: unknown): string {
 /** Renderable states end a webhook; working states (agent, speech) are waited for. */
 function isWorking(snapshot: CallSnapshot): boolean {
   return snapshot.status === 'active' && !snapshot.hasTag('renderable');
+}
+
+/** A renderable state whose invoked actor is still at work (the rest of a reply being written). */
+function busyInBackground(snapshot: CallSnapshot): boolean {
+  if (snapshot.status !== 'active' || !snapshot.hasTag('renderable')) return false;
+  return Object.values(snapshot.children).some((child) => child?.getSnapshot().status === 'active');
+}
+
+/** Work is under way for this call in this process: its instance holds the call's lease. */
+function needsLease(snapshot: CallSnapshot): boolean {
+  return isWorking(snapshot) || busyInBackground(snapshot);
 }
 
 async function settle(actor: CallActor, timeoutMs: number): Promise<CallSnapshot> {

@@ -15,9 +15,13 @@
  * plan), and each piece is voiced with the text before it and, when already known,
  * the text after it, so the pieces sound like one utterance.
  *
+ * A stream can also start from an answer the store already holds (`written`, put
+ * there by the instance that streamed it): its pieces are voiced the same way and
+ * the agent is not asked again.
+ *
  * @see https://elevenlabs.io/docs/api-reference/text-to-speech/stream (previous_text, next_text)
  */
-import type { Agent, AgentRequest } from '../agent/agent.ts';
+import { AgentError, type Agent, type AgentRequest } from '../agent/agent.ts';
 import { LinkedAbort } from '../http-client/linked-abort.ts';
 import { SpeakablePieces, type PieceMode } from '../speech/speakable-pieces.ts';
 import type { VoiceLibrary } from '../speech/voice-library.ts';
@@ -44,6 +48,8 @@ export interface ReplyStreamOptions {
   now(): number;
   /** Pieces the caller already heard (a stream started again elsewhere): not voiced again. */
   alreadyHeard?: number;
+  /** The whole answer, already written, piece by piece: voiced without asking the agent. */
+  written?: string[];
   /** Called once the agent's answer has ended (or failed). */
   onFinished?: () => void;
 }
@@ -56,6 +62,8 @@ export class ReplyStream {
   /** The agent failed; the pieces before the failure stand. */
   error: unknown;
   finished = false;
+  /** The pieces came from the store, not from the agent (`completeAt` is then only when this stream began). */
+  readonly fromStore: boolean;
   readonly #options: ReplyStreamOptions;
   /** Stops the agent's answer: disposed, or past the timeout (a `TimeoutError`, reported as one). */
   readonly #link = new LinkedAbort();
@@ -67,6 +75,7 @@ export class ReplyStream {
 
   constructor(options: ReplyStreamOptions) {
     this.#options = options;
+    this.fromStore = options.written !== undefined;
     void this.#run();
   }
 
@@ -112,7 +121,14 @@ export class ReplyStream {
   }
 
   async #run(): Promise<void> {
-    const { agent, request, mode, timeoutMs, now } = this.#options;
+    const { agent, request, mode, timeoutMs, now, written } = this.#options;
+    if (written) {
+      // After the constructor has returned, so `onFinished` sees the stream where its owner keeps it.
+      await Promise.resolve();
+      for (const text of written) this.#add(text);
+      this.#finish();
+      return;
+    }
     const pieces = new SpeakablePieces(mode);
     this.#link.deadline(timeoutMs, `no complete answer from the agent within ${timeoutMs} ms`);
     try {
@@ -123,14 +139,21 @@ export class ReplyStream {
       this.#arriving.push(...pieces.end());
     } catch (error) {
       this.error = error;
-      // What the agent said before it failed is kept, unless the caller would hear nothing else of it.
-      if (this.pieces.length > 0 || this.#arriving.length > 0) this.#arriving.push(...pieces.end());
+      // What the agent said before it failed is kept when its connection broke (it
+      // stopped talking), or when the caller is already hearing the start of it; a
+      // few words before a timeout are not worth the wait, the caller hears an apology.
+      const broke = error instanceof AgentError && error.failure === 'broken';
+      if (broke || this.pieces.length > 0 || this.#arriving.length > 0) this.#arriving.push(...pieces.end());
     } finally {
       this.#link.dispose();
     }
     this.#addArrived();
+    this.#finish();
+  }
+
+  #finish(): void {
     this.finished = true;
-    this.completeAt = now();
+    this.completeAt = this.#options.now();
     this.#changed();
     this.#options.onFinished?.();
   }
@@ -143,8 +166,13 @@ export class ReplyStream {
 
   #addArrived(): void {
     if (this.#arriving.length === 0) return;
-    const piece: ReplyPiece = { index: this.pieces.length, text: this.#arriving.join(' ') };
+    const text = this.#arriving.join(' ');
     this.#arriving = [];
+    this.#add(text);
+  }
+
+  #add(text: string): void {
+    const piece: ReplyPiece = { index: this.pieces.length, text };
     this.pieces.push(piece);
     const { voice, alreadyHeard = 0 } = this.#options;
     if (!voice) piece.voiced = false;

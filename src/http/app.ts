@@ -153,7 +153,8 @@ export function buildApp(options: AppOptions) {
 
   app.post(ROUTES.continue, webhook, async (request, reply) => {
     const callSid = callSidOf(form(request));
-    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, continueEventOf(now()), requestMeta(request)), request), options);
+    const event = continueEventOf(isForm(request.query) ? request.query : {}, now());
+    return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, event, requestMeta(request)), request), options);
   });
 
   app.post(ROUTES.callStatus, webhook, async (request, reply) => {

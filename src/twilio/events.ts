@@ -67,9 +67,16 @@ export function recoveredSpeechOf(query: TwilioForm): SpeechEvent | undefined {
   return event;
 }
 
-/** `/continue`: Twilio played what it was given (a reply's first pieces, a hold) and asks what follows. */
-export function continueEventOf(at: number): Extract<CallEvent, { type: 'CONTINUE' }> {
-  return { type: 'CONTINUE', at };
+/** The mark on the `/continue` that follows a reply's first pieces (twiml.ts puts it on the `<Redirect>`). */
+export const PLAYED_MARK = { name: 'played', value: '1' } as const;
+
+/**
+ * `/continue`: Twilio played what it was given and asks what follows. After a
+ * reply's first pieces (`?played=1`, see twiml.ts) that is CONTINUE; after a hold
+ * or a recovery it is no event: the call is picked up where it is.
+ */
+export function continueEventOf(query: TwilioForm, at: number): Extract<CallEvent, { type: 'CONTINUE' }> | undefined {
+  return single(query, PLAYED_MARK.name) === PLAYED_MARK.value ? { type: 'CONTINUE', at } : undefined;
 }
 
 /** A status callback: HANGUP once the call is over, nothing for progress updates. */

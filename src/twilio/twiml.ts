@@ -7,7 +7,9 @@
  * - `listening`: the prompt inside a speech `<Gather>` (the caller may talk over
  *   it); `actionOnEmptyResult` makes silence come back as a request too.
  * - `replying`: the first pieces of a reply the agent is still writing, then a
- *   `<Redirect>` to `/continue` for the rest. Twilio plays a `<Play>` only once its
+ *   `<Redirect>` to `/continue?played=1` for the rest (the mark tells this redirect
+ *   from a hold's: only once the pieces have played does the machine move on, as
+ *   CONTINUE). Twilio plays a `<Play>` only once its
  *   file is downloaded, and fetches every `<Play>` nested in a `<Gather>` before it
  *   plays the first, so each piece is a complete file served from memory, and the
  *   rest of a reply comes in one `<Gather>` once it is all voiced. Pieces the phone
@@ -15,7 +17,8 @@
  * - a working state (`thinking`, `speaking`, ...) past the webhook deadline: hold.
  *   The first hold says a short acknowledgement, later ones pause (and so does a
  *   hold in the middle of a reply: the caller is already hearing the answer); all
- *   `<Redirect>` to `/continue`, which picks the result up.
+ *   `<Redirect>` to `/continue`, which picks the result up. A view marked `hold`
+ *   (another instance is still working on the call) is held whatever its state.
  * - `terminating`: the closing line and `<Hangup/>`.
  *
  * @see https://www.twilio.com/docs/voice/twiml/gather
@@ -24,6 +27,7 @@
  */
 import VoiceResponse from 'twilio/lib/twiml/VoiceResponse.js';
 import { PHRASES, type CallContext, type Prompt } from '../../machines/call.machine.ts';
+import { PLAYED_MARK } from './events.ts';
 import { speakableText } from './spoken-text.ts';
 
 export const ROUTES = {
@@ -33,9 +37,14 @@ export const ROUTES = {
   callStatus: '/call-status',
 } as const;
 
+/** The query of the `/continue` that follows a reply's first pieces. */
+const PLAYED_QUERY = `${PLAYED_MARK.name}=${PLAYED_MARK.value}`;
+
 export interface CallView {
   state: string;
   context: CallContext;
+  /** Held whatever the state; `continuing`: the redirect carries the CONTINUE still to be applied. */
+  hold?: { continuing: boolean };
 }
 
 export interface RenderOptions {
@@ -52,6 +61,10 @@ type Speaker = Pick<VoiceResponse, 'say' | 'play'>;
 
 export function renderCallTwiml(view: CallView, options: RenderOptions): string {
   const response = new VoiceResponse();
+  if (view.hold) {
+    hold(response, replyUnderWay(view) ? 2 : view.context.holds, options, view.hold.continuing);
+    return response.toString();
+  }
   switch (view.state) {
     case 'listening': {
       const gather = response.gather({
@@ -66,7 +79,7 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
     }
     case 'replying':
       speak(response, view.context.prompt, options);
-      response.redirect({ method: 'POST' }, options.baseUrl + ROUTES.continue);
+      response.redirect({ method: 'POST' }, `${options.baseUrl}${ROUTES.continue}?${PLAYED_QUERY}`);
       break;
     case 'terminating':
       speak(response, view.context.prompt, options);
@@ -76,7 +89,7 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
       response.hangup();
       break;
     default:
-      hold(response, replyUnderWay(view) ? 2 : view.context.holds, options);
+      hold(response, replyUnderWay(view) ? 2 : view.context.holds, options, false);
   }
   return response.toString();
 }
@@ -104,10 +117,11 @@ function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
   }
 }
 
-/** The caller has heard the start of the reply that is being voiced. */
+/** The caller has heard the start of the reply that is still being voiced. */
 function replyUnderWay(view: CallView): boolean {
   const { prompt, turns } = view.context;
-  return view.state === 'speaking' && prompt.kind === 'reply' && (turns.at(-1)?.pieces?.length ?? 0) > 0;
+  const turn = turns.at(-1);
+  return prompt.kind === 'reply' && turn !== undefined && prompt.key === `t${turn.index}` && (turn.pieces?.length ?? 0) > 0;
 }
 
 function say(into: Speaker, raw: string, options: RenderOptions) {
@@ -116,14 +130,14 @@ function say(into: Speaker, raw: string, options: RenderOptions) {
   else into.say(text);
 }
 
-function hold(response: VoiceResponse, holds: number, options: RenderOptions) {
+function hold(response: VoiceResponse, holds: number, options: RenderOptions, continuing: boolean) {
   if (holds <= 1) {
     if (options.holdAudio) response.play(options.baseUrl + options.signAudio(options.holdAudio));
     else say(response, PHRASES.hold, options);
   } else {
     response.pause({ length: 1 });
   }
-  response.redirect({ method: 'POST' }, options.baseUrl + ROUTES.continue);
+  response.redirect({ method: 'POST' }, options.baseUrl + ROUTES.continue + (continuing ? `?${PLAYED_QUERY}` : ''));
 }
 
 /** A webhook for a call this service does not know (or no longer keeps). */

@@ -152,10 +152,13 @@ describe('remote agent client', () => {
     expect(error.failure).toBe('malformed');
   });
 
-  it('keeps the text so far when the connection closes mid-answer', async () => {
+  it('hands over the text so far when the connection closes mid-answer, then says it broke', async () => {
     agent.setBehaviour({ kind: 'close-mid-stream' });
     const client = createAgentClient({ baseUrl: agent.url });
-    expect(await collect(client.reply(request, AbortSignal.timeout(5000)))).toEqual(['Agent heard: ']);
+    const { error, received } = await failureOf(client.reply(request, AbortSignal.timeout(5000)));
+    expect(received).toEqual(['Agent heard: ']);
+    expect(error.failure).toBe('broken');
+    expect(error.message).toMatch(/broke mid-answer/);
   });
 
   it('fails as empty when the stream ends without any text', async () => {
