@@ -9,7 +9,7 @@ import { PHRASES } from '../machines/call.machine.ts';
 import { parseTwiml } from '../src/phone/twilio-caller.ts';
 import { startFakeAgent, type FakeAgent } from './fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs } from './fakes/elevenlabs-server.ts';
-import { ELEVENLABS_KEY, spoken, startService, type RunningService } from './support/service.ts';
+import { ELEVENLABS_KEY, PUBLIC_BASE_URL, spoken, startService, type RunningService } from './support/service.ts';
 
 const ANSWER = 'We open at nine. On Saturdays we open at ten, and we close at four. Anything else?';
 const SENTENCES = ['We open at nine.', 'On Saturdays we open at ten, and we close at four.', 'Anything else?'];
@@ -253,5 +253,32 @@ describe('a reply voiced while the agent writes it', () => {
     expect(rest).toHaveLength(2);
     for (const url of rest) expect((await fetch(`${b.address}${url}`)).status).toBe(200);
     expect(eleven.requests.length).toBe(before);
+  });
+
+  it('when the instance streaming the reply is gone, another asks the agent again once its lease lapses and goes on where the caller was', async () => {
+    const a = await serviceWith();
+    const b = await serviceWith({ WEBHOOK_DEADLINE_MS: '1500' }, { dataDir: a.dataDir });
+    const call = a.call();
+    await call.dial();
+    const first = await call.webhook('/speech-result', { SpeechResult: 'When do you open?', Confidence: '0.9' });
+    expect(verbs(first.body)).toEqual(['Play', 'Redirect']);
+    await a.close();
+    running.splice(running.indexOf(a), 1);
+
+    const documents: string[] = [];
+    let next = redirectOf(first.body);
+    for (let hops = 0; next && hops < 20; hops++) {
+      const body = (await b.call({ callSid: call.callSid }).webhook(next)).body;
+      documents.push(body);
+      next = redirectOf(body);
+    }
+    // Held (silently: the caller is hearing the answer) until A's lease lapsed, then the rest, as the agent writes it again.
+    expect(documents.slice(0, -1).map(verbs)).toContainEqual(['Pause', 'Redirect']);
+    expect(verbs(documents.at(-1)!)[0]).toMatch(/^Gather\(Play/);
+    expect(documents.flatMap(replyAudioOf).map((url) => new URL(url, PUBLIC_BASE_URL).pathname.split('/').at(-1))).toEqual(['t0p1', 't0p2']);
+    expect(agent.requests.map((r) => r.message)).toEqual(['When do you open?', 'When do you open?']);
+    const record = await b.service.store.getRecord(call.callSid);
+    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
+    expect(record?.turns[0]?.cut).toBeUndefined();
   });
 });

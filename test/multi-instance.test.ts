@@ -434,6 +434,72 @@ function describeTwoInstances(backend: () => Backend): void {
     expect(b.logs.filter((l) => l.msg === 'resuming a call left mid-turn')).toEqual([]);
   });
 
+  describe('a reply streamed by one instance and continued on the other', () => {
+    const FIRST = 'We open at nine.';
+    const REST = 'On Saturdays we open at ten, and we close at four.';
+    /** A word every 150 ms: the first sentence is ready in about 0.6 s, the whole answer in 2.4 s. */
+    const streamed = (message: string) => script(message, { kind: 'reply', answer: () => `${FIRST} ${REST}`, chunkWords: 1, chunkDelayMs: 150 });
+
+    async function firstPiecesFromA(a: RunningService, callSid: string, message: string) {
+      await step(() => a.address, callSid, '/voice', { CallStatus: 'ringing' });
+      const first = await post(a.address, '/speech-result', form(callSid, { SpeechResult: message, Confidence: '0.9' }));
+      // The first sentence, then Twilio comes back for the rest once it has played it.
+      expect(read(first.body)).toMatchObject({ said: [FIRST], gathers: false, redirect: '/continue?played=1' });
+      return read(first.body);
+    }
+
+    async function expectWholeReplyOnce(b: RunningService, callSid: string, message: string) {
+      expect(agentRequests(callSid).map((r) => r.message)).toEqual([message]);
+      const record = await b.service.store.getRecord(callSid);
+      expect(record?.turns).toHaveLength(1);
+      expect(record?.turns[0]).toMatchObject({ caller: message, reply: `${FIRST} ${REST}`, pieces: [FIRST, REST] });
+      expect(record?.turns[0]?.written).toBeUndefined();
+      expect(record?.path.map((p) => p.state).slice(3)).toEqual(['thinking', 'speaking', 'replying', 'speaking', 'listening']);
+      expect(record?.worker).toBeUndefined();
+      expect(b.logs.filter((l) => l.msg === 'resuming a call left mid-turn')).toEqual([]);
+    }
+
+    it('while the agent is still writing: the other instance holds, then voices the rest once the owner has stored it; the agent is asked once', async () => {
+      const [a, b] = await startPair();
+      const callSid = newCallSid();
+      const message = streamed('When do you open? (asked while it streams)');
+      const first = await firstPiecesFromA(a, callSid, message);
+
+      // Straight back, to B, while A is still streaming the answer.
+      const documents: Document[] = [];
+      let redirect = first.redirect;
+      while (redirect) {
+        const answer = await post(b.address, redirect, form(callSid));
+        expect(answer.status).toBe(200);
+        documents.push(read(answer.body));
+        redirect = documents.at(-1)!.redirect;
+        if (documents.length > 10) throw new Error('never continued');
+      }
+      // B could not voice what was not written yet: it held, silently (the caller is hearing the answer), and
+      // the hold's redirect kept asking for the rest.
+      expect(documents[0]).toMatchObject({ said: [], redirect: '/continue?played=1' });
+      expect(documents.at(-1)).toMatchObject({ said: [REST], gathers: true });
+      await expectWholeReplyOnce(b, callSid, message);
+    });
+
+    it('once the answer is stored: the other instance voices the rest at once; the agent is asked once', async () => {
+      const [a, b] = await startPair();
+      const callSid = newCallSid();
+      const message = streamed('When do you open? (asked after it was written)');
+      const first = await firstPiecesFromA(a, callSid, message);
+      // The first sentence plays for a while; meanwhile A stores the whole answer.
+      for (let waited = 0; !(await b.service.store.getRecord(callSid))?.turns[0]?.written; waited += 50) {
+        if (waited > 5_000) throw new Error('the answer was never stored');
+        await sleep(50);
+      }
+      expect((await b.service.store.getRecord(callSid))?.turns[0]?.written).toEqual([FIRST, REST]);
+
+      const answer = await post(b.address, first.redirect!, form(callSid));
+      expect(read(answer.body)).toMatchObject({ said: [REST], gathers: true, redirect: undefined });
+      await expectWholeReplyOnce(b, callSid, message);
+    });
+  });
+
   it('SIGKILL of the instance streaming the agent’s answer: the other instance takes the turn over once the lease lapses, and the call finishes', async () => {
     const env = {
       ...backend().processEnv(),

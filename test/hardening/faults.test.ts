@@ -185,13 +185,22 @@ describe.concurrent('agent faults: the caller hears an apology and the turn reco
     row('agent closes before any text', turn, turn.record?.turns[0]?.failure);
   });
 
-  it('closes mid-stream: the words already sent stand, as a short answer', async () => {
+  it('closes mid-stream: the words already sent stand, as a short answer, and the turn says it was cut', async () => {
     const turn = await faultyTurn({ agent: { kind: 'close-mid-stream' } });
-    // By design (src/agent/agent-client.ts): once text has arrived, a broken connection ends the answer.
+    // By design: once text has arrived, a broken connection ends the answer; the caller hears what came.
     expect(turn.heard).toEqual(['Agent heard:']);
     expect(turn.record?.turns[0]).toMatchObject({ reply: 'Agent heard:' });
+    // Not a failed turn (the caller heard an answer, and it stays in the conversation's history)...
+    expect(turn.record?.turns[0]?.failure).toBeUndefined();
+    expect(turn.agent.requests.at(-1)?.history).toEqual([
+      { role: 'user', content: QUESTION },
+      { role: 'assistant', content: 'Agent heard:' },
+    ]);
+    // ...but the record says where and why it was cut (was bug P6: no trace at all).
+    expect(turn.record?.turns[0]?.cut).toMatch(/^agent: the connection to the agent at 127\.0\.0\.1:\d+ broke mid-answer; the answer was cut there$/);
+    expect(turn.record?.lastError).toBe(turn.record?.turns[0]?.cut);
     listensAgain(turn);
-    row('agent closes mid-stream', turn, `reply kept: "${turn.record?.turns[0]?.reply}"`);
+    row('agent closes mid-stream', turn, `reply kept: "${turn.record?.turns[0]?.reply}"; ${turn.record?.turns[0]?.cut?.replace(/127\.0\.0\.1:\d+/, '…')}`);
   });
 
   it('answers HTTP 500, 429 and 404', async () => {
@@ -259,8 +268,10 @@ describe.concurrent('ElevenLabs faults: the caller hears the words in the phone 
     const turn = await faultyTurn({ voice: true, eleven: { kind: 'hang' } });
     // The library's own 8 s limit fires first, so the adapter reports an abort (see docs/hardening.md).
     readByPhone(turn, /^speech: .*within \d+ ms/);
-    // How often the hold phrase was said while waiting (docs/hardening.md, P2).
+    // The hold phrase is said once; the later holds of the same wait are pauses (was bug P2: 9 times in 8 s).
     const holds = turn.heard.filter((h) => h === PHRASES.hold).length;
+    expect(holds).toBe(1);
+    expect(turn.heard.filter((h) => h === '[Pause]').length).toBeGreaterThanOrEqual(5);
     row('ElevenLabs hangs', turn, `${turn.record?.lastError}; "${PHRASES.hold}" said ${holds}×`);
   });
 
