@@ -30,6 +30,8 @@ export type FakeAgentBehaviour =
       /** Words per chunk; default 2. */
       chunkWords?: number;
     }
+  /** Sends each text as `data: {"text":"..."}` once its delay (from the one before) has passed, then closes: an answer written in bursts. */
+  | { kind: 'bursts'; bursts: Array<{ text: string; delayMs: number }> }
   /** Sends each string as one event's `data`, verbatim (pings, `[DONE]`, odd JSON). */
   | { kind: 'events'; data: string[]; delayMs?: number; /** Keep the stream open afterwards until `close()`. */ keepOpen?: boolean }
   | { kind: 'status'; status: number; body?: string }
@@ -99,6 +101,16 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
           if (index > 0 && behaviour.chunkDelayMs) await delay(behaviour.chunkDelayMs);
           if (!live()) return;
           sendText(chunk);
+        }
+        res.end();
+        return;
+      }
+      case 'bursts': {
+        startStream();
+        for (const burst of behaviour.bursts) {
+          if (burst.delayMs > 0) await delay(burst.delayMs);
+          if (!live()) return;
+          sendText(burst.text);
         }
         res.end();
         return;

@@ -4,13 +4,14 @@
  * `createTestModel` walks a machine with pure transitions and refuses invoked
  * actors. The model is therefore the call machine's own definition with each
  * `invoke` turned into the events its actor would send: `xstate.done.actor.agent`
- * / `xstate.error.actor.agent` for the agent, `...voice` for speech. States,
+ * / `xstate.error.actor.agent` for the agent, `...voice` for speech,
+ * `xstate.done.actor.rest` for the whole answer stored while replying. States,
  * guards and actions are the machine's, untouched; only who sends those events
  * changes (here the path, in the service the invoked actors).
  *
  * Vertices are abstract: the state plus the counters the guards read (silences,
- * failures, ending). Timestamps, turns and the path would make every vertex new
- * and the graph infinite.
+ * failures, ending) and whether the reply's whole answer is stored. Timestamps,
+ * turns and the path would make every vertex new and the graph infinite.
  *
  * @see https://stately.ai/docs/xstate-test
  */
@@ -23,6 +24,7 @@ import {
   type CallEvent,
   type CallInput,
   type VoiceOutput,
+  type WrittenReply,
 } from '../../machines/call.machine.ts';
 
 export const MODEL_CALL_SID = `CA${'0'.repeat(32)}`;
@@ -32,7 +34,10 @@ export const LATE = 10 ** 13;
 
 export const MODEL_INPUT: CallInput = { callSid: MODEL_CALL_SID, from: '+15550100001', to: '+15550100002', at: 0, agentTimeoutMs: AGENT_TIMEOUT_MS };
 
+/** The agent's answer, or the first sentence of a longer one that it writes in two bursts. */
 export const AGENT_REPLY = 'We are open from nine to five.';
+/** The rest of the longer answer: the caller hears it after the first sentence (`replying`, CONTINUE). */
+export const AGENT_REPLY_REST = 'On Saturdays we open at ten.';
 export const CALLER_QUESTION = 'What are your opening hours?';
 export const CALLER_GOODBYE = 'Thanks, goodbye!';
 
@@ -43,23 +48,69 @@ export type ModelEvent =
   | { type: 'xstate.done.actor.agent'; output: AgentTurnOutput }
   | { type: 'xstate.error.actor.agent'; error: string }
   | { type: 'xstate.done.actor.voice'; output: VoiceOutput }
-  | { type: 'xstate.error.actor.voice'; error: string };
+  | { type: 'xstate.error.actor.voice'; error: string | { message: string; pieces: Array<{ text: string }> } }
+  | { type: 'xstate.done.actor.rest'; output: WrittenReply };
+
+/**
+ * One sample: an event, and (optionally) where it can happen. The machine's own
+ * `can` decides where an event is handled; `when` narrows a sample to the
+ * situations the service can really produce it in (the rest of a reply is voiced
+ * only after its first pieces, for example).
+ */
+export interface EventSample {
+  event: ModelEvent;
+  when?: (context: CallContext) => boolean;
+}
+
+/** Speaking the start of this turn's reply (nothing of it heard yet). */
+function replyStarts(context: CallContext): boolean {
+  const turn = context.turns.at(-1);
+  return context.prompt.kind === 'reply' && turn !== undefined && (turn.pieces?.length ?? 0) === 0;
+}
+/** Speaking the rest of this turn's reply, after Twilio's CONTINUE. */
+function replyGoesOn(context: CallContext): boolean {
+  const turn = context.turns.at(-1);
+  return context.prompt.kind === 'reply' && turn !== undefined && (turn.pieces?.length ?? 0) > 0;
+}
+function answerStored(context: CallContext): boolean {
+  return context.turns.at(-1)?.written !== undefined;
+}
 
 /**
  * Samples of every event the model may take. QA adds a sample here to make the
- * generated paths try it; each type needs an executor in call-paths.test.ts.
+ * generated paths try it; each type needs an executor in path-driver.ts.
  */
-export const EVENT_SAMPLES: ModelEvent[] = [
-  { type: 'SPEECH', text: CALLER_QUESTION, at: 0 },
-  { type: 'SPEECH', text: CALLER_GOODBYE, at: 0 },
-  { type: 'SILENCE', at: 0 },
-  { type: 'xstate.done.actor.agent', output: { text: AGENT_REPLY, firstChunkAt: 0, at: 0 } },
-  { type: 'xstate.error.actor.agent', error: 'agent answered 500' },
-  { type: 'xstate.done.actor.voice', output: { at: 0 } },
-  { type: 'xstate.error.actor.voice', error: 'speech answered 500' },
-  { type: 'HANGUP', at: 0, status: 'completed' },
-  { type: 'HOLD', at: 1 },
-  { type: 'HOLD', at: LATE },
+export const EVENT_SAMPLES: EventSample[] = [
+  { event: { type: 'SPEECH', text: CALLER_QUESTION, at: 0 } },
+  { event: { type: 'SPEECH', text: CALLER_GOODBYE, at: 0 } },
+  { event: { type: 'SILENCE', at: 0 } },
+  { event: { type: 'xstate.done.actor.agent', output: { text: AGENT_REPLY, firstChunkAt: 0, at: 0 } } },
+  { event: { type: 'xstate.error.actor.agent', error: 'agent answered 500' } },
+  // A phrase, or a whole reply, voiced in one go.
+  { event: { type: 'xstate.done.actor.voice', output: { at: 0 } }, when: (c) => !replyGoesOn(c) },
+  // The first sentence of a longer answer is voiced while the agent writes the rest.
+  {
+    event: { type: 'xstate.done.actor.voice', output: { at: 0, pieces: [{ text: AGENT_REPLY, audio: 'voiced' }], more: true } },
+    when: replyStarts,
+  },
+  // The rest, voiced from the agent's stream (which reports when the agent finished)...
+  {
+    event: { type: 'xstate.done.actor.voice', output: { at: 0, agentCompleteAt: 0, pieces: [{ text: AGENT_REPLY_REST, audio: 'voiced' }] } },
+    when: (c) => replyGoesOn(c) && !answerStored(c),
+  },
+  // ...or from the answer stored while replying (on an instance that did not stream it).
+  {
+    event: { type: 'xstate.done.actor.voice', output: { at: 0, pieces: [{ text: AGENT_REPLY_REST, audio: 'voiced' }] } },
+    when: (c) => replyGoesOn(c) && answerStored(c),
+  },
+  { event: { type: 'xstate.error.actor.voice', error: 'speech answered 500' }, when: (c) => !replyGoesOn(c) },
+  // Synthesis of the rest fails: the phone reads it.
+  { event: { type: 'xstate.error.actor.voice', error: { message: 'speech answered 500', pieces: [{ text: AGENT_REPLY_REST }] } }, when: replyGoesOn },
+  { event: { type: 'xstate.done.actor.rest', output: { pieces: [AGENT_REPLY, AGENT_REPLY_REST], completeAt: 0 } } },
+  { event: { type: 'CONTINUE', at: 0 } },
+  { event: { type: 'HANGUP', at: 0, status: 'completed' } },
+  { event: { type: 'HOLD', at: 1 } },
+  { event: { type: 'HOLD', at: LATE } },
 ];
 
 /** The machine with its invocations replaced by the events they send. */
@@ -90,9 +141,11 @@ export const modelMachine = withInvocationsAsEvents(callMachine);
 export type ModelSnapshot = SnapshotFrom<typeof modelMachine>;
 
 function abstractState(snapshot: ModelSnapshot): string {
-  const { silences, failures, ending, prompt } = snapshot.context as CallContext;
+  const context = snapshot.context as CallContext;
+  const { silences, failures, ending, prompt } = context;
   const said = prompt.kind === 'reply' ? 'reply' : prompt.key;
-  return JSON.stringify({ value: snapshot.value, said, silences, failures, ending: ending ?? null, status: snapshot.status });
+  const stored = answerStored(context);
+  return JSON.stringify({ value: snapshot.value, said, silences, failures, ending: ending ?? null, stored, status: snapshot.status });
 }
 
 export function createCallModel() {
@@ -114,7 +167,10 @@ export function createCallModel() {
  */
 export function callPaths() {
   return createCallModel().getShortestPaths({
-    events: (state: ModelSnapshot) => EVENT_SAMPLES.filter((event) => state.status === 'active' && state.can(event as never)),
+    events: (state: ModelSnapshot) =>
+      EVENT_SAMPLES.filter(
+        ({ event, when }) => state.status === 'active' && state.can(event as never) && (when?.(state.context as CallContext) ?? true),
+      ).map(({ event }) => event),
   } as never);
 }
 

@@ -19,7 +19,7 @@ import { edgeIdOf, machineGraph } from '../../src/diagram/machine-graph.ts';
 import { startFakeAgent, type FakeAgent } from '../fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs } from '../fakes/elevenlabs-server.ts';
 import { ELEVENLABS_KEY, PUBLIC_BASE_URL } from '../support/service.ts';
-import { callPaths, LATE, MODEL_INPUT, modelMachine, replay } from './call-model.ts';
+import { AGENT_REPLY, callPaths, LATE, MODEL_INPUT, modelMachine, replay } from './call-model.ts';
 import { PathDriver, verbsOf, type ModelStep } from './path-driver.ts';
 
 const graph = machineGraph(callMachine);
@@ -63,10 +63,23 @@ const STATE_CHECKS: Record<string, (check: StateCheck) => void | Promise<void>> 
     // The agent was asked exactly once per turn, with the caller's words.
     const asked = agent.requests.filter((r) => r.callSid === driver.callSid).map((r) => r.message);
     expect(asked).toEqual(step.state.context.turns.map((t) => t.caller));
-    if (answered) expectHold(driver, 'thinking');
+    if (answered) expectHold(driver, step, 'thinking');
   },
-  speaking: ({ driver, answered }) => {
-    if (answered) expectHold(driver, 'speaking');
+  speaking: ({ driver, step, answered }) => {
+    if (answered) expectHold(driver, step, 'speaking');
+  },
+  replying: async ({ driver, step, answered }) => {
+    // The agent was asked once for the whole reply, whichever instance voiced which part.
+    const asked = agent.requests.filter((r) => r.callSid === driver.callSid).map((r) => r.message);
+    expect(asked).toEqual(step.state.context.turns.map((t) => t.caller));
+    if (!answered) return;
+    // The first sentence, then back for the rest once it has played (CONTINUE).
+    const verbs = verbsOf(driver.result!.twiml);
+    expect(verbs.at(-1)).toMatchObject({ verb: 'Redirect', text: `${PUBLIC_BASE_URL}/continue?played=1` });
+    await expectPrompt(driver, step, verbs.slice(0, -1));
+    expect(driver.result!.record.state).toBe('replying');
+    // Once the agent has finished, its whole answer is in the store, for whichever instance Twilio comes back to.
+    expect(driver.result!.record.turns.at(-1)?.written).toEqual(step.state.context.turns.at(-1)?.written);
   },
   terminating: async ({ driver, step, answered }) => {
     if (!answered) return;
@@ -98,28 +111,43 @@ function expectStoredPath({ driver, step, answered }: StateCheck) {
   }
 }
 
-/** The prompt the model says the caller hears: synthesised audio Twilio can fetch, or the same words read out. */
+/**
+ * The prompt the model says the caller hears: synthesised audio Twilio can fetch
+ * (one file per piece of a reply), or the same words read out.
+ */
 async function expectPrompt(driver: PathDriver, step: ModelStep, verbs: ReturnType<typeof verbsOf>) {
-  const prompt = step.state.context.prompt;
+  const { context } = step.state;
+  const prompt = context.prompt;
   const voiced = driver.segmentAt(driver.steps.indexOf(step))?.voice;
   expect(voiced?.prompt.key).toBe(prompt.key);
-  expect(verbs).toHaveLength(1);
   if (voiced?.outcome === 'audio') {
-    expect(verbs[0]!.verb).toBe('Play');
-    const url = new URL(verbs[0]!.text);
-    expect(url.pathname).toBe(driver.audioPathOf(prompt));
-    const audio = await driver.fetchAudio(verbs[0]!.text);
-    expect(audio).toMatchObject({ status: 200, contentType: 'audio/mpeg' });
+    const paths = driver.audioPathsOf(context);
+    expect(verbs.map((v) => v.verb)).toEqual(paths.map(() => 'Play'));
+    for (const [i, verb] of verbs.entries()) {
+      expect(new URL(verb.text).pathname).toBe(paths[i]);
+      const audio = await driver.fetchAudio(verb.text);
+      expect(audio).toMatchObject({ status: 200, contentType: 'audio/mpeg' });
+    }
   } else {
+    expect(verbs).toHaveLength(1);
     expect(verbs[0]).toMatchObject({ verb: 'Say', text: prompt.text });
     expect(driver.result!.record.lastError).toMatch(/^speech: /);
   }
 }
 
-function expectHold(driver: PathDriver, state: string) {
+/**
+ * A hold: the hold phrase the first time the caller waits, silence after that
+ * (and while a reply the caller is hearing is still being voiced), then back to
+ * `/continue`. The service may hold more often than the path (a busy machine),
+ * never less, so a second hold of the model is always a pause.
+ */
+function expectHold(driver: PathDriver, step: ModelStep, state: string) {
   const verbs = verbsOf(driver.result!.twiml);
   expect(verbs.at(-1)).toMatchObject({ verb: 'Redirect', text: `${PUBLIC_BASE_URL}/continue` });
-  expect(verbs[0]).toSatisfy((v: { verb: string; text: string }) => (v.verb === 'Say' && v.text === PHRASES.hold) || v.verb === 'Pause');
+  const { holds, prompt, turns } = step.state.context;
+  const replyUnderWay = prompt.kind === 'reply' && (turns.at(-1)?.pieces?.length ?? 0) > 0;
+  if (holds >= 2 || replyUnderWay) expect(verbs[0]?.verb).toBe('Pause');
+  else expect(verbs[0]).toSatisfy((v: { verb: string; text: string }) => (v.verb === 'Say' && v.text === PHRASES.hold) || v.verb === 'Pause');
   expect(driver.result!.record.state).toBe(state);
 }
 
@@ -146,6 +174,12 @@ function describePath(steps: ModelStep[]): string {
     const label = edge?.trigger ?? event.type;
     if (event.type === 'SPEECH') return `SPEECH "${event.text}"`;
     if (event.type === 'HOLD') return event.at >= LATE ? 'HOLD (late)' : 'HOLD';
+    if (event.type === 'xstate.done.actor.voice' && event.output.pieces) {
+      const [piece] = event.output.pieces;
+      const part = piece?.text === AGENT_REPLY ? 'first sentence, more to come' : event.output.agentCompleteAt === undefined ? 'the rest, from the store' : 'the rest';
+      return `${label} (${part})`;
+    }
+    if (event.type === 'xstate.error.actor.voice' && typeof event.error !== 'string') return `${label} (the rest)`;
     return label;
   });
   return `${names.join(' › ') || 'call connects'} → ${stateName(steps.at(-1)!.state.value)}`;

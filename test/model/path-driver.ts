@@ -5,8 +5,9 @@
  * a time, and a webhook runs through several machine events (the caller speaks →
  * the agent answers → the reply is voiced → listening). So the path is first cut
  * into segments, one per webhook: a segment starts at what Twilio sends (the call
- * connecting, the caller's words or silence, a status callback, or `/continue`
- * after a hold) and runs through the events the service's own actors produce.
+ * connecting, the caller's words or silence, a status callback, `/continue` after
+ * a hold, or `/continue?played=1` once a reply's first sentence has played:
+ * CONTINUE) and runs through the events the service's own actors produce.
  * Before a segment's webhook is sent the fakes are set up to produce exactly those
  * events: the fake agent answers, fails, is slow or never answers; the fake
  * ElevenLabs answers, fails or never answers; the service's clock jumps past the
@@ -16,20 +17,27 @@
  * Twilio sees it: the vendor is kept slow, the webhook deadline passes and the
  * service answers with a hold (`<Redirect>` to `/continue`).
  *
+ * A reply the caller hears in two parts (`replying`) comes from an agent that
+ * writes its first sentence at once and the rest AGENT_REST_AFTER_MS later. The
+ * whole answer being stored (`done: collectReply`) happens after the webhook has
+ * answered: the driver waits until the store has it. A CONTINUE after that goes to
+ * a fresh instance on the same store (as Cloud Run may route it), which voices the
+ * rest from the store; a CONTINUE before it goes to the instance still streaming.
+ *
  * Adding an event sample to the model means teaching `planPath` what real action
  * performs it (see the `switch` statements below).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stateName, type CallContext, type Prompt } from '../../machines/call.machine.ts';
-import { phraseAudioPath, replyAudioPath } from '../../src/engine/call-engine.ts';
+import { PHRASES, stateName, type CallContext, type Prompt } from '../../machines/call.machine.ts';
+import { phraseAudioPath, pieceKey, replyAudioPath } from '../../src/engine/call-engine.ts';
 import { parseTwiml, type SimulatedCall } from '../../src/phone/twilio-caller.ts';
 import type { CallRecord } from '../../src/store/call-store.ts';
 import type { FakeAgent, FakeAgentScript } from '../fakes/agent-server.ts';
 import type { FakeElevenLabs, FakeElevenLabsBehaviour } from '../fakes/elevenlabs-server.ts';
 import { ELEVENLABS_KEY, PUBLIC_BASE_URL, startService, type RunningService } from '../support/service.ts';
-import { AGENT_REPLY, AGENT_TIMEOUT_MS, LATE, type ModelEvent } from './call-model.ts';
+import { AGENT_REPLY, AGENT_REPLY_REST, AGENT_TIMEOUT_MS, LATE, type ModelEvent } from './call-model.ts';
 
 /** How long a webhook waits before it puts the caller on hold (the service's WEBHOOK_DEADLINE_MS). */
 export const WEBHOOK_DEADLINE_MS = 150;
@@ -37,6 +45,12 @@ export const WEBHOOK_DEADLINE_MS = 150;
 const SLOW_MS = 1_200;
 /** `/continue` rounds a segment may take before it must have settled. */
 const MAX_CONTINUES = 30;
+/** How long after its first sentence the agent writes the rest of a two-part answer. */
+const AGENT_REST_AFTER_MS = 600;
+/** The longest the driver waits for the whole answer to be stored. */
+const STORED_WITHIN_MS = 5_000;
+/** The query of the redirect a reply's first pieces end with. */
+const PLAYED = '?played=1';
 
 export interface ModelStep {
   event: ModelEvent;
@@ -51,17 +65,25 @@ export interface Segment {
   last: number;
   /** The webhook Twilio sends to start this segment. */
   request: { path: string; form: Record<string, string> };
-  /** This webhook starts an agent turn that ends like this; `slow` when it outlasts the webhook. */
-  agent?: { outcome: AgentOutcome; slow: boolean; jumpOnRequest: boolean };
+  /**
+   * This webhook starts an agent turn that ends like this; `slow` when it outlasts
+   * the webhook; `twoParts` when the caller hears the first sentence while the
+   * agent writes the rest.
+   */
+  agent?: { outcome: AgentOutcome; slow: boolean; jumpOnRequest: boolean; twoParts: boolean };
   /** Speaking is entered during this segment: the prompt, and how ElevenLabs answers. */
   voice?: { prompt: Prompt; outcome: VoiceOutcome };
   /** A late HOLD happens in this segment, after a hold: move the clock before sending. */
   jumpBeforeRequest: boolean;
+  /** The whole answer is stored during this segment, after its webhook answered: wait for it. */
+  awaitStored: boolean;
+  /** Sent to a fresh instance on the same store (a CONTINUE after the answer was stored). */
+  freshInstance: boolean;
   /** What Twilio gets back at the end: TwiML for listening/terminating, a hold, or the status-callback answer. */
   answer: 'rendered' | 'hold' | 'status';
 }
 
-const TRIGGERS = new Set(['xstate.init', 'SPEECH', 'SILENCE', 'HANGUP']);
+const TRIGGERS = new Set(['xstate.init', 'SPEECH', 'SILENCE', 'HANGUP', 'CONTINUE']);
 
 /** Cuts a model path into webhooks and decides how each vendor behaves in each. */
 export function planPath(steps: ModelStep[]): Segment[] {
@@ -70,7 +92,16 @@ export function planPath(steps: ModelStep[]): Segment[] {
     const previous = steps[index - 1];
     const afterHold = previous !== undefined && isEarlyHold(previous.event);
     if (index === 0 || TRIGGERS.has(step.event.type) || afterHold) {
-      segments.push({ first: index, last: index, request: requestFor(step.event), jumpBeforeRequest: false, answer: 'rendered' });
+      const freshInstance = step.event.type === 'CONTINUE' && previous?.state.context.turns.at(-1)?.written !== undefined;
+      segments.push({
+        first: index,
+        last: index,
+        request: requestFor(step.event),
+        jumpBeforeRequest: false,
+        awaitStored: false,
+        freshInstance,
+        answer: 'rendered',
+      });
     } else {
       segments.at(-1)!.last = index;
     }
@@ -87,7 +118,9 @@ export function planPath(steps: ModelStep[]): Segment[] {
       const end = steps.findIndex((s, i) => i > index && endsAgentTurn(s.event));
       const outcome = end < 0 ? 'never' : agentOutcome(steps[end]!.event);
       const slow = end < 0 || segmentOf(end) !== segmentOf(index);
-      segment.agent = { outcome, slow, jumpOnRequest: outcome === 'late' && !slow };
+      const voiced = steps.find((s, i) => i > index && (s.event.type === 'xstate.done.actor.voice' || s.event.type === 'xstate.error.actor.voice'))?.event;
+      const twoParts = outcome === 'reply' && voiced?.type === 'xstate.done.actor.voice' && voiced.output.more === true;
+      segment.agent = { outcome, slow, jumpOnRequest: outcome === 'late' && !slow, twoParts };
       if (outcome === 'late' && slow) segments[segmentOf(end)]!.jumpBeforeRequest = true;
     }
     if (value === 'speaking' && (previousValue !== 'speaking' || index === 0)) {
@@ -95,6 +128,7 @@ export function planPath(steps: ModelStep[]): Segment[] {
       const outcome: VoiceOutcome = next === 'xstate.done.actor.voice' ? 'audio' : next === 'xstate.error.actor.voice' ? 'fail' : 'never';
       segment.voice = { prompt: step.state.context.prompt, outcome };
     }
+    if (step.event.type === 'xstate.done.actor.rest') segment.awaitStored = true;
   }
   for (const segment of segments) {
     // As the engine decides: an active state without the `renderable` tag is still working.
@@ -116,6 +150,8 @@ function requestFor(event: ModelEvent): Segment['request'] {
       return { path: '/speech-result', form: {} };
     case 'HANGUP':
       return { path: '/call-status', form: { CallStatus: event.status, CallDuration: '12' } };
+    case 'CONTINUE':
+      return { path: `/continue${PLAYED}`, form: {} };
     default:
       // The service's own actors produce every other event; after a hold Twilio follows `<Redirect>`.
       return { path: '/continue', form: {} };
@@ -153,6 +189,15 @@ function agentScript(plan: NonNullable<Segment['agent']>, jumpClock: () => void)
   const answer = () => AGENT_REPLY;
   switch (plan.outcome) {
     case 'reply':
+      if (plan.twoParts) {
+        return {
+          kind: 'bursts',
+          bursts: [
+            { text: `${AGENT_REPLY} `, delayMs: plan.slow ? SLOW_MS : 0 },
+            { text: AGENT_REPLY_REST, delayMs: AGENT_REST_AFTER_MS },
+          ],
+        };
+      }
       return plan.slow ? { kind: 'reply', answer, firstChunkDelayMs: SLOW_MS } : { kind: 'reply', answer };
     case 'fail':
       return plan.slow ? { kind: 'events', data: ['not json'], delayMs: SLOW_MS } : { kind: 'status', status: 500 };
@@ -198,9 +243,12 @@ export function verbsOf(twiml: string): Verb[] {
   return convert(parseTwiml(twiml));
 }
 
+/** A hold: the hold phrase (said or played) or a pause, then back to `/continue`; not a reply's first pieces. */
 function isHold(twiml: string): boolean {
-  const last = verbsOf(twiml).at(-1);
-  return last?.verb === 'Redirect' && last.text === `${PUBLIC_BASE_URL}/continue`;
+  const verbs = verbsOf(twiml);
+  const [first, last] = [verbs[0], verbs.at(-1)];
+  const holding = first?.verb === 'Pause' || (first?.verb === 'Say' && first.text === PHRASES.hold) || (first?.verb === 'Play' && first.text.includes(phraseAudioPath('hold')));
+  return holding && last?.verb === 'Redirect' && last.text.startsWith(`${PUBLIC_BASE_URL}/continue`);
 }
 
 export interface SegmentResult {
@@ -278,14 +326,26 @@ export class PathDriver {
     const prompt = segment.voice?.prompt;
     if (prompt?.kind === 'phrase' && segment.voice?.outcome !== 'fail') this.#voicedPhrases.add(prompt.key);
 
-    const record = await this.service.service.store.getRecord(this.callSid);
+    let record = await this.service.service.store.getRecord(this.callSid);
+    for (const started = Date.now(); segment.awaitStored && !record?.turns.at(-1)?.written; ) {
+      if (Date.now() - started > STORED_WITHIN_MS) throw new Error(`the whole answer was not stored within ${STORED_WITHIN_MS} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      record = await this.service.service.store.getRecord(this.callSid);
+    }
     if (!record) throw new Error(`no record stored for ${this.callSid}`);
     this.result = { twiml: answer, documents, record };
   }
 
-  /** Where the expected audio lives, for a prompt voiced by ElevenLabs. */
-  audioPathOf(prompt: Prompt): string {
-    return prompt.kind === 'phrase' ? phraseAudioPath(prompt.key) : replyAudioPath(this.callSid, prompt.key);
+  /** Where the expected audio lives, for a prompt voiced by ElevenLabs: one path per piece of a reply. */
+  audioPathsOf(context: CallContext): string[] {
+    const { prompt } = context;
+    const turn = context.turns.at(-1);
+    if (prompt.kind === 'phrase' || !prompt.pieces || !turn) {
+      return [prompt.kind === 'phrase' ? phraseAudioPath(prompt.key) : replyAudioPath(this.callSid, prompt.key)];
+    }
+    // The prompt's pieces are the last of the turn's; the first piece of a reply keeps the key `t<turn>`.
+    const first = (turn.pieces?.length ?? 0) - prompt.pieces.length;
+    return prompt.pieces.map((_, i) => replyAudioPath(this.callSid, pieceKey(turn.index, first + i)));
   }
 
   /** Fetches a `<Play>` URL the way Twilio would (public URL mapped to the loopback address). */
@@ -305,10 +365,11 @@ export class PathDriver {
   async #ensureInstance(segment: Segment) {
     const prompt = segment.voice?.prompt;
     const needsColdCache = prompt?.kind === 'phrase' && segment.voice?.outcome !== 'audio' && this.#voicedPhrases.has(prompt.key);
-    if (this.#service && !needsColdCache) return;
+    if (this.#service && !needsColdCache && !segment.freshInstance) return;
     if (this.#service) {
-      // The phrase is cached here, so ElevenLabs would not be asked: the webhook goes to a
-      // fresh instance instead (Cloud Run runs many), which loads the call from the store.
+      // The phrase is cached here, so ElevenLabs would not be asked, or the path wants the
+      // other instance's view: the webhook goes to a fresh instance (Cloud Run runs many),
+      // which loads the call from the store.
       const previous = this.segments[this.segments.indexOf(segment) - 1];
       if (previous?.answer === 'hold') throw new Error('cannot move a call to a fresh instance while a turn is in flight');
       await this.#service.close();
