@@ -27,6 +27,7 @@ describe('configuration', () => {
       agentUri: undefined,
       elevenLabs: undefined,
       twilioAuthTokenSource: 'local',
+      replyPieces: 'sentences',
     });
     expect(config.twilioAuthToken).toMatch(/^[0-9a-f]{48}$/);
     expect(readFileSync(join(dir, LOCAL_TOKEN_FILE), 'utf8').trim()).toBe(config.twilioAuthToken);
@@ -56,6 +57,7 @@ describe('configuration', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN'],
       [{ WEBHOOK_DEADLINE_MS: '14000' }, 'WEBHOOK_DEADLINE_MS'],
+      [{ REPLY_PIECES: 'words' }, 'REPLY_PIECES'],
     ];
     for (const [env, variable] of cases) {
       const error = errorOf({ DATA_DIR: dir, ...env });
@@ -76,6 +78,7 @@ describe('configuration', () => {
       CALL_STORE: 'firestore',
       GCP_PROJECT_ID: 'my-project',
       GCP_REGION: 'europe-west1',
+      REPLY_PIECES: 'whole',
       NODE_ENV: 'production',
     });
     expect(config).toMatchObject({
@@ -87,6 +90,7 @@ describe('configuration', () => {
       callStore: 'firestore',
       gcpProjectId: 'my-project',
       gcpRegion: 'europe-west1',
+      replyPieces: 'whole',
     });
   });
 });
