@@ -4,11 +4,16 @@
  * and the last pieces play inside the `<Gather>`. Real service on loopback, fake
  * agent streaming slowly, fake ElevenLabs.
  */
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PHRASES } from '../machines/call.machine.ts';
 import { parseTwiml } from '../src/phone/twilio-caller.ts';
+import { SqliteCallStore } from '../src/store/sqlite-store.ts';
 import { startFakeAgent, type FakeAgent } from './fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs } from './fakes/elevenlabs-server.ts';
+import { FaultyCallStore } from './hardening/support.ts';
 import { ELEVENLABS_KEY, PUBLIC_BASE_URL, spoken, startService, type RunningService } from './support/service.ts';
 
 const ANSWER = 'We open at nine. On Saturdays we open at ten, and we close at four. Anything else?';
@@ -196,6 +201,34 @@ describe('a reply voiced while the agent writes it', () => {
     expect(turn.documents[1]).toContain('/continue?played=1</Redirect>');
     expect(spoken(turn.heard)).toEqual([PHRASES.hold, '[audio]', '[audio]', '[audio]']);
     const record = await svc.service.store.getRecord(call.callSid);
+    expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
+  });
+
+  it('when the store fails on the way to the rest, the retry still asks for the rest: the first sentence is not heard twice', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'heyai-stream-'));
+    const store = new FaultyCallStore(new SqliteCallStore(dataDir));
+    const svc = await startService(
+      { KOOZIE_AGENT_URI: agent.url, ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: eleven.url },
+      { store, dataDir },
+    );
+    running.push(svc);
+    const call = svc.call();
+    await call.dial();
+    const first = await call.webhook('/speech-result', { SpeechResult: 'When do you open?', Confidence: '0.9' });
+    expect(verbs(first.body)).toEqual(['Play', 'Redirect']);
+
+    store.failNext('load', 1);
+    const recovery = await call.webhook(redirectOf(first.body)!);
+    expect(recovery.status).toBe(200);
+    expect(redirectOf(recovery.body)).toBe('/continue?attempt=1&played=1');
+    const rest: string[] = [];
+    for (let next = redirectOf(recovery.body); next && rest.length < 20; ) {
+      rest.push((await call.webhook(next)).body);
+      next = redirectOf(rest.at(-1)!);
+    }
+    expect(verbs(rest.at(-1)!)[0]).toMatch(/^Gather\(Play/);
+    expect(rest.flatMap(replyAudioOf).map((url) => url.split('?')[0]!.split('/').at(-1))).toEqual(['t0p1', 't0p2']);
+    const record = await store.getRecord(call.callSid);
     expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
   });
 

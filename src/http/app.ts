@@ -89,6 +89,8 @@ export function buildApp(options: AppOptions) {
 
   /** The caller's words on each `/speech-result`, for the recovery TwiML if the request fails. */
   const callerWords = new WeakMap<FastifyRequest, SpeechEvent>();
+  /** Each `/continue` that asks for the rest of a reply (CONTINUE), likewise. */
+  const continuing = new WeakSet<FastifyRequest>();
 
   app.register(formbody);
   app.register(adminRoutes, { prefix: '/admin', store: options.store, adminToken: options.adminToken, now });
@@ -127,9 +129,11 @@ export function buildApp(options: AppOptions) {
     request.log.error({ err: error, path: request.url.split('?')[0] }, 'request failed');
     if (request.routeOptions.config?.twilioWebhook) {
       // Keep the caller on the line and try again. Past the answer budget the work
-      // goes on with the caller's words; otherwise they go back with the retry.
-      const words = error instanceof AnswerBudgetExceeded ? undefined : callerWords.get(request);
-      return reply.code(200).type(TWIML).send(renderRecovery(recoveryAttempt(request), { baseUrl: options.publicBaseUrl, ...sayVoice(options) }, words));
+      // goes on with the caller's words (or CONTINUE); otherwise they go back with the retry.
+      const untaken = !(error instanceof AnswerBudgetExceeded);
+      const words = untaken ? callerWords.get(request) : undefined;
+      const recovery = renderRecovery(recoveryAttempt(request), { baseUrl: options.publicBaseUrl, ...sayVoice(options) }, words, untaken && continuing.has(request));
+      return reply.code(200).type(TWIML).send(recovery);
     }
     return reply.code(500).type('text/plain').send('Internal Server Error');
   });
@@ -154,6 +158,7 @@ export function buildApp(options: AppOptions) {
   app.post(ROUTES.continue, webhook, async (request, reply) => {
     const callSid = callSidOf(form(request));
     const event = continueEventOf(isForm(request.query) ? request.query : {}, now());
+    if (event) continuing.add(request);
     return sendAnswer(reply, await withinBudget(options.engine.handle(callSid, event, requestMeta(request)), request), options);
   });
 

@@ -164,12 +164,15 @@ export interface UntakenSpeech {
  * Something inside the service failed: keep the caller on the line and try again
  * through `/continue`, a few times, then end politely. Never a 5xx to Twilio.
  * With `speech`, the retry goes back to `/speech-result` with the caller's words
- * in its (signed) URL, so they need not say them again.
+ * in its (signed) URL, so they need not say them again; with `continuing`, it
+ * still asks for the rest of a reply (CONTINUE), so the caller does not hear its
+ * first pieces again.
  */
 export function renderRecovery(
   attempt: number,
   options: Pick<RenderOptions, 'baseUrl' | 'sayVoice'>,
   speech?: UntakenSpeech,
+  continuing = false,
 ): string {
   const response = new VoiceResponse();
   const plain = { ...options, signAudio: (p: string) => p };
@@ -179,13 +182,13 @@ export function renderRecovery(
   } else {
     say(response, 'Sorry, one moment please.', plain);
     response.pause({ length: 1 });
-    response.redirect({ method: 'POST' }, retryUrl(options.baseUrl, attempt + 1, speech));
+    response.redirect({ method: 'POST' }, retryUrl(options.baseUrl, attempt + 1, speech, continuing));
   }
   return response.toString();
 }
 
-function retryUrl(baseUrl: string, attempt: number, speech: UntakenSpeech | undefined): string {
-  const pickUp = `${baseUrl}${ROUTES.continue}?attempt=${attempt}`;
+function retryUrl(baseUrl: string, attempt: number, speech: UntakenSpeech | undefined, continuing: boolean): string {
+  const pickUp = `${baseUrl}${ROUTES.continue}?attempt=${attempt}${continuing ? `&${PLAYED_QUERY}` : ''}`;
   if (!speech) return pickUp;
   const query = new URLSearchParams({ attempt: String(attempt), heardAt: String(speech.at) });
   if (speech.confidence !== undefined) query.set('Confidence', String(speech.confidence));
