@@ -220,6 +220,8 @@ export interface WrittenReply {
 export interface VoiceFailure {
   pieces: PromptPiece[];
   agentCompleteAt?: number;
+  /** The agent's answer ended early: why (see `Turn.cut`). */
+  cut?: string;
 }
 
 function notProvided(name: string) {
@@ -320,6 +322,7 @@ export const callMachine = setup({
         const failure = (event as unknown as { error: unknown }).error as Partial<VoiceFailure> | undefined;
         const output: VoiceOutput = { at, pieces: failure?.pieces ?? (context.prompt.text ? [{ text: context.prompt.text }] : []) };
         if (failure?.agentCompleteAt !== undefined) output.agentCompleteAt = failure.agentCompleteAt;
+        if (failure?.cut !== undefined) output.cut = failure.cut;
         return { ...voicedReply(context, output), lastError };
       }
       const prompt: Prompt = { ...context.prompt };

@@ -249,7 +249,11 @@ export class CallEngine {
       if (ownedElsewhere) {
         // The owner is finishing work in the background (the rest of a reply).
         if (isWorking(next)) return this.#waitForOwner(stored, current, deadline, event);
-        if (next === current) return { kind: 'answer', body: this.#options.render(viewOf(current)), view: viewOf(current) };
+        if (next === current) {
+          // Nothing changes: answer without a commit, which would make the owner's work stale.
+          const view = viewOf(current);
+          return { kind: 'answer', body: this.#options.render(view), view };
+        }
       }
     }
 
@@ -539,7 +543,7 @@ export class CallEngine {
       if (pieces.length > 0 && !pieces.some((p) => p.audio) && failed) {
         // None of the rest could be voiced: a speech failure, as for a reply voiced in one go.
         log.warn({ err: failed.error, turn: reply.turn }, 'speech synthesis failed; the phone reads the words instead');
-        throw new UnvoicedReply(failed.error, pieces, agentCompleteAt);
+        throw new UnvoicedReply(failed.error, pieces, agentCompleteAt, cutOf(stream));
       }
     }
     if (problem) log.warn({ problem, turn: reply.turn }, 'part of a reply could not be voiced as asked');
@@ -626,10 +630,12 @@ class UnvoicedReply extends Error implements VoiceFailure {
   override readonly name = 'UnvoicedReply';
   readonly pieces: PromptPiece[];
   readonly agentCompleteAt: number | undefined;
-  constructor(cause: unknown, pieces: PromptPiece[], agentCompleteAt: number | undefined) {
+  readonly cut: string | undefined;
+  constructor(cause: unknown, pieces: PromptPiece[], agentCompleteAt: number | undefined, cut: string | undefined) {
     super(errorText(cause), { cause });
     this.pieces = pieces;
     this.agentCompleteAt = agentCompleteAt;
+    this.cut = cut;
   }
 }
 
