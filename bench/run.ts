@@ -10,6 +10,7 @@
  *   time. First audio after the caller's speech, next to the floor the fakes
  *   allow, and next to the old way (whole answer, then its synthesis), which the
  *   service still runs with REPLY_PIECES=whole.
+ * - formats: the same calls with ELEVEN_OUTPUT_FORMAT ulaw_8000 and mp3_44100_128.
  * - load: `--load-calls` concurrent calls the same way: the service's own time
  *   per webhook (its time in the service minus the time waiting on the fakes,
  *   each process timed on its own side: bench/overhead.ts), memory per call, GC
@@ -17,7 +18,8 @@
  * - capacity: callers asking back to back, nobody listening: turns per second
  *   and CPU per turn.
  * - webhooks: cheap webhooks back to back: webhooks per second.
- * - cold: spawn to the first /healthz 200.
+ * - cold: spawn to the first /healthz 200, of node src/server.ts and of the
+ *   production build the image runs.
  *
  *   npm run bench -- --calls 50 --turns 3 --agent-first-ms 300 --tokens-per-sec 40 --tts-first-byte-ms 150
  *   npm run bench -- --phases latency --calls 10
