@@ -32,8 +32,10 @@
  * The waits are merged as intervals and clipped to the webhook, so two pieces
  * synthesised in parallel count once.
  *
- * Also per webhook: how much of its own time the service's main thread spent ready
- * to run but waiting for a CPU held by another process (schedstat, sampled), and
+ * Also per webhook: how much of its own time the service spent stopped for garbage
+ * collection, how much of the rest its main thread spent ready to run but waiting
+ * for a CPU (schedstat, sampled: the CPU was held by another process or by the
+ * service's own GC and compiler threads), and
  * the figure by the former method, which took the window and the waits on the
  * benchmark's and the fakes' clocks (request sent to answer read; request arrived
  * at the fake to response finished) and so charged the service for the other two
@@ -52,8 +54,10 @@ export interface WebhookOverhead {
   waitMs: number;
   /** The service's own time. */
   overheadMs: number;
-  /** Of the own time, how long the service's main thread waited for a CPU another process had. */
+  /** Of the own time outside GC pauses, how long the service's main thread waited for a CPU (another process's or its own threads'). */
   cpuWaitMs: number;
+  /** Of the own time, how long the service was stopped for garbage collection. */
+  gcMs: number;
   /** The former method: caller's and fakes' clocks. */
   formerMs: number;
   /** The webhook in the service (monotonic clock, ms), to look it up in a profile of the service. */
@@ -134,7 +138,7 @@ export function measureOverhead(
         agentToSpeechMs: Math.max(0, asked - lastChunk),
         afterSpeechMs: Math.max(0, to - Math.max(...played.map((r) => r.endedAt ?? to))),
       };
-      result.webhooks.push(figures(webhook, kind, [from, to], waits, formerWaits, service.forcedGc, cpuWaited, stages));
+      result.webhooks.push(figures(webhook, kind, [from, to], waits, formerWaits, service, cpuWaited, stages));
       continue;
     }
     if (webhook.body.includes('<Redirect')) {
@@ -145,7 +149,7 @@ export function measureOverhead(
       }
     }
     const formerWaits = waits.map((w): Interval => [w.arrived, w.ended]);
-    result.webhooks.push(figures(webhook, kind, [from, to], waits, formerWaits, service.forcedGc, cpuWaited, stages));
+    result.webhooks.push(figures(webhook, kind, [from, to], waits, formerWaits, service, cpuWaited, stages));
   }
   return result;
 }
@@ -156,15 +160,18 @@ function figures(
   window: Interval,
   waits: Array<{ sent: number; ended: number }>,
   formerWaits: Interval[],
-  forcedGc: Interval[],
+  service: Pick<TimingsReply, 'forcedGc' | 'gcPauses'>,
   cpuWaited: (at: number) => number,
   stages: WebhookOverhead['stages'],
 ): WebhookOverhead {
   const [from, to] = window;
-  const outside = merged([...waits.map((w): Interval => [w.sent, w.ended]), ...forcedGc], from, to);
+  const outside = merged([...waits.map((w): Interval => [w.sent, w.ended]), ...service.forcedGc], from, to);
   const waitMs = outside.reduce((sum, [a, b]) => sum + b - a, 0);
   const own = gaps(outside, from, to);
-  const cpuWaitMs = own.reduce((sum, [a, b]) => sum + Math.max(0, cpuWaited(b) - cpuWaited(a)), 0);
+  const gcMs = own.reduce((sum, [a, b]) => sum + merged(service.gcPauses, a, b).reduce((n, [x, y]) => n + y - x, 0), 0);
+  // CPU waits outside the GC pauses, so that the two never count the same moment.
+  const running = gaps(merged([...outside, ...service.gcPauses], from, to), from, to);
+  const cpuWaitMs = running.reduce((sum, [a, b]) => sum + Math.max(0, cpuWaited(b) - cpuWaited(a)), 0);
   const formerCovered = merged(formerWaits, webhook.startedAt, webhook.endedAt).reduce((sum, [a, b]) => sum + b - a, 0);
   return {
     path: webhook.path,
@@ -173,6 +180,7 @@ function figures(
     waitMs,
     overheadMs: Math.max(0, to - from - waitMs),
     cpuWaitMs,
+    gcMs,
     formerMs: webhook.endedAt - webhook.startedAt - formerCovered,
     window,
     ...(stages ? { stages } : {}),

@@ -67,6 +67,8 @@ const { values: args } = parseArgs({
     json: { type: 'string' },
     'service-node-options': { type: 'string', default: '' },
     'service-cpus': { type: 'string', default: '' },
+    /** Calls start spread over this long; default 20 ms per call, at most 3 s. */
+    'ramp-ms': { type: 'string' },
   },
 });
 
@@ -161,7 +163,7 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
         turns: num('turns'),
         playback: num('playback'),
         callerSpeaksMs: num('caller-speaks-ms'),
-        rampMs: Math.min(3_000, calls * 20),
+        rampMs: args['ramp-ms'] ? num('ramp-ms') : Math.min(3_000, calls * 20),
         firstCallIndex,
         progress,
       });
@@ -287,7 +289,6 @@ async function loadPhase() {
       kind ?? 'all webhooks',
       String(hooks.length),
       ...quantiles(hooks.map((w) => w.overheadMs)),
-      fmt(quantile(hooks.map((w) => w.overheadMs - w.cpuWaitMs), 0.99)),
       fmt(quantile(hooks.map((w) => w.totalMs), 0.99)),
     ];
   });
@@ -295,7 +296,7 @@ async function loadPhase() {
     `\nThe service's own time per webhook (${calls} concurrent calls, ${label(modes[0]!)}): ` +
       `its time in the service minus waiting on the fakes, each process on its own clock, ms`,
   );
-  table(['', 'count', 'p50', 'p95', 'p99', 'max', 'p99 net of CPU wait', 'total p99'], rows);
+  table(['', 'count', 'p50', 'p95', 'p99', 'max', 'total p99'], rows);
   const former = (kind?: string) => `${fmt(quantile(byKind(kind).map((w) => w.formerMs), 0.5))}/${fmt(quantile(byKind(kind).map((w) => w.formerMs), 0.99))}`;
   console.log(
     `  by the former method (the caller's and the fakes' clocks), p50/p99: all ${former()}, answers ${former('answer')}, ` +
@@ -312,6 +313,12 @@ async function loadPhase() {
         `agent text to ElevenLabs request ${stage((s) => s.agentToSpeechMs)}, audio to TwiML read ${stage((s) => s.afterSpeechMs)}`,
     );
   }
+  const slowest = [...byKind()].sort((a, b) => b.overheadMs - a.overheadMs).slice(0, Math.max(1, Math.ceil(byKind().length / 100)));
+  const meanOf = (pick: (w: (typeof slowest)[number]) => number) => fmt(mean(slowest.map(pick)));
+  console.log(
+    `  the slowest 1% (${slowest.length} webhooks), mean ms: own time ${meanOf((w) => w.overheadMs)}, of which stopped for GC ${meanOf((w) => w.gcMs)}, ` +
+      `ready but waiting for a CPU ${meanOf((w) => w.cpuWaitMs)}, running (its own work and other webhooks' queued ahead) ${meanOf((w) => w.overheadMs - w.gcMs - w.cpuWaitMs)}`,
+  );
   if (overhead.unmatched > 0) console.log(`  (${overhead.unmatched} webhooks could not be matched to the fakes' log and are left out)`);
   const answered = result.turns.filter((t) => t.firstReplyAt !== undefined);
   const first = answered.map((t) => t.firstReplyAt! - t.startedAt);
@@ -331,7 +338,7 @@ async function loadPhase() {
   console.log(
     `  CPU over the run, of one core: service ${share(cpuShares.service)}, fakes ${share(cpuShares.fakes)}, benchmark ${share(cpuShares.bench)}, ` +
       `other work on the machine ${share(Math.max(0, others))} (the ${cpus().length} cores ${((cpuShares.machine / cpuShares.machineTotal) * 100).toFixed(0)}% busy); ` +
-      `the service was ready to run but waiting for a CPU ${fmt(serviceCpuWaitMs)} ms in all`,
+      `the service's main thread was ready but waiting for a CPU ${fmt(serviceCpuWaitMs)} ms in all (held by other processes or by its own GC and compiler threads)`,
   );
   if (memory) {
     const perCall = (memory.active.heapUsed + memory.active.arrayBuffers - memory.idle.heapUsed - memory.idle.arrayBuffers) / memory.calls;
@@ -349,7 +356,6 @@ async function loadPhase() {
     overheadMs: stats(byKind().map((w) => w.overheadMs)),
     overheadByRouteMs: Object.fromEntries(routes.map((r) => [r, stats(byRoute(r))])),
     overheadByKind: Object.fromEntries(['answer', 'hold', 'plain'].map((k) => [k, stats(byKind(k).map((w) => w.overheadMs))])),
-    overheadNetOfCpuWaitMs: stats(byKind().map((w) => w.overheadMs - w.cpuWaitMs)),
     formerMethodMs: stats(byKind().map((w) => w.formerMs)),
     gc,
     cpuShares,

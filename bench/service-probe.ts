@@ -23,7 +23,7 @@
  *   parent → { type: 'probe', gc: boolean, reset: boolean }
  *   child  → { type: 'probe', heapUsed, rss, arrayBuffers, loopDelayMs, gc }
  *   parent → { type: 'timings' }        (and forget them)
- *   child  → { type: 'timings', webhooks, requests, cpuWait, forcedGc }
+ *   child  → { type: 'timings', webhooks, requests, cpuWait, forcedGc, gcPauses }
  *
  * @see https://nodejs.org/api/diagnostics_channel.html#built-in-channels
  * @see https://docs.kernel.org/scheduler/sched-stats.html
@@ -76,6 +76,8 @@ export interface TimingsReply {
   cpuWait: Array<[number, number]>;
   /** The full collections the benchmark forced to measure memory, [start, end]: its stalls, not the service's. */
   forcedGc: Array<[number, number]>;
+  /** The service's own garbage-collection pauses, [start, end]. */
+  gcPauses: Array<[number, number]>;
 }
 
 const RESOLUTION_MS = 5;
@@ -85,10 +87,15 @@ const delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
 delay.enable();
 const late = (ns: number): number => Math.max(0, ns / 1e6 - RESOLUTION_MS);
 
+/** performance.now() → the shared monotonic clock. */
+const performanceToClock = clock() - performance.now();
 let gc: GcPauses = { count: 0, totalMs: 0, maxMs: 0, over5Ms: 0 };
+let gcPauses: Array<[number, number]> = [];
 new PerformanceObserver((list) => {
   for (const entry of list.getEntries() as Array<PerformanceEntry & { detail?: { flags?: number } }>) {
     if ((entry.detail?.flags ?? 0) & constants.NODE_PERFORMANCE_GC_FLAGS_FORCED) continue;
+    const start = entry.startTime + performanceToClock;
+    gcPauses.push([start, start + entry.duration]);
     gc.count += 1;
     gc.totalMs += entry.duration;
     gc.maxMs = Math.max(gc.maxMs, entry.duration);
@@ -142,7 +149,8 @@ if (waitedMs() !== undefined) {
 
 process.on('message', (message: { type?: string; gc?: boolean; reset?: boolean }) => {
   if (message.type === 'timings') {
-    const reply: TimingsReply = { type: 'timings', webhooks, requests, cpuWait, forcedGc };
+    const reply: TimingsReply = { type: 'timings', webhooks, requests, cpuWait, forcedGc, gcPauses };
+    gcPauses = [];
     webhooks = [];
     requests = [];
     cpuWait = [];
