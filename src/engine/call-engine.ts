@@ -215,6 +215,15 @@ export class CallEngine {
     const stored = await this.#options.store.load(callSid);
     const replay = request.key ? stored?.responses[request.key] : undefined;
     if (replay !== undefined) return { kind: 'replay', body: replay };
+    // Words brought back by a recovery redirect (their `at` is when they were first
+    // heard) that a turn has already taken: that webhook got as far as claiming the
+    // turn, here or on another instance. Pick the turn up instead of asking the agent
+    // the same question twice. Checked here, after the load and under the call's
+    // lock, so it holds however the retry and the first attempt interleave.
+    const heardAt = event?.type === 'SPEECH' ? event.at : undefined;
+    if (heardAt !== undefined && stored?.record.path.some((step) => step.event === 'SPEECH' && step.at === heardAt)) {
+      event = undefined;
+    }
 
     let live = this.#live.get(callSid);
     if (live && live.revision !== stored?.revision) {

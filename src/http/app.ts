@@ -128,10 +128,12 @@ export function buildApp(options: AppOptions) {
     }
     request.log.error({ err: error, path: request.url.split('?')[0] }, 'request failed');
     if (request.routeOptions.config?.twilioWebhook) {
-      // Keep the caller on the line and try again. Past the answer budget the work
-      // goes on with the caller's words (or CONTINUE); otherwise they go back with the retry.
+      // Keep the caller on the line and try again. The caller's words always go back
+      // with the retry: past the answer budget the work goes on with them, but it may
+      // still fail before it takes the turn, and the engine knows a turn that already
+      // took them. A CONTINUE goes back only if it never started (within the budget).
       const untaken = !(error instanceof AnswerBudgetExceeded);
-      const words = untaken ? callerWords.get(request) : undefined;
+      const words = callerWords.get(request);
       const recovery = renderRecovery(recoveryAttempt(request), { baseUrl: options.publicBaseUrl, ...sayVoice(options) }, words, untaken && continuing.has(request));
       return reply.code(200).type(TWIML).send(recovery);
     }
@@ -151,7 +153,7 @@ export function buildApp(options: AppOptions) {
     const recovered = recoveredSpeechOf(isForm(request.query) ? request.query : {});
     const event = recovered ?? speechEventOf(body, now());
     if (event.type === 'SPEECH') callerWords.set(request, event);
-    const work = recovered ? retrySpeech(callSid, recovered, request) : options.engine.handle(callSid, event, requestMeta(request));
+    const work = options.engine.handle(callSid, event, requestMeta(request));
     return sendAnswer(reply, await withinBudget(work, request), options);
   });
 
@@ -203,17 +205,6 @@ export function buildApp(options: AppOptions) {
     const healthy = await options.store.healthy().catch(() => false);
     return reply.code(healthy ? 200 : 503).send({ status: healthy ? 'ready' : 'store unavailable', store: options.store.kind });
   });
-
-  /**
-   * Words brought back by a recovery redirect. When the failed request had already
-   * claimed its turn (it was storing the answer that failed), the call holds them:
-   * pick that turn up rather than ask the agent the same question twice.
-   */
-  async function retrySpeech(callSid: string, event: SpeechEvent, request: FastifyRequest): Promise<EngineAnswer> {
-    const stored = await options.store.load(callSid);
-    const taken = stored?.record.path.some((step) => step.event === 'SPEECH' && step.at === event.at) ?? false;
-    return options.engine.handle(callSid, taken ? undefined : event, requestMeta(request));
-  }
 
   /**
    * A slow store (or anything else) must not make Twilio give up on the call: past

@@ -326,6 +326,23 @@ describe.concurrent('store faults: the caller is kept on the line, and nothing c
     row('store throws on the claiming commit', turn, 'the turn, stored on the retry; logged');
   });
 
+  it('is over the answer budget, then throws when the turn is claimed: the caller hears "one moment", then the answer, without repeating the question', async () => {
+    // The webhook answers at its 1.5 s budget while the claim is still under way; the claim then fails.
+    const turn = await faultyTurn({
+      env: { WEBHOOK_ANSWER_BUDGET_MS: '1500' },
+      store: (s) => {
+        s.slowNext('commit', 2_000);
+        s.failNext('commit', 1);
+      },
+    });
+    expect(turn.heard.filter((h) => h !== '[Pause]')).toEqual(['Sorry, one moment please.', REPLY]);
+    expect(turn.agent.requests.map((r) => r.message)).toEqual([QUESTION, 'And now?']);
+    expect(turn.record?.turns.map((t) => [t.caller, t.reply])).toEqual([[QUESTION, REPLY]]);
+    expect(turn.logs.some((l) => l.message === 'a webhook failed after its answer budget')).toBe(true);
+    listensAgain(turn);
+    row('store over the budget, then throws on the claiming commit', turn, 'the turn, stored on the retry; logged');
+  });
+
   it('throws when the answer is stored: the retry stores it and the caller hears it, the agent asked once', async () => {
     const turn = await faultyTurn({ store: (s) => s.failNext('commit', 1, 1) });
     expect(turn.heard[0]).toBe('Sorry, one moment please.');

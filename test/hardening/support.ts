@@ -29,6 +29,7 @@ export class FaultyCallStore implements CallStore {
   health: boolean | 'throw' = true;
   readonly injected = { delays: 0, throws: 0 };
   readonly #plan: Record<StoreOperation, { skip: number; fail: number }> = { load: { skip: 0, fail: 0 }, commit: { skip: 0, fail: 0 } };
+  readonly #slow: Record<StoreOperation, { ms: number; times: number }> = { load: { ms: 0, times: 0 }, commit: { ms: 0, times: 0 } };
 
   constructor(inner: CallStore) {
     this.inner = inner;
@@ -41,6 +42,11 @@ export class FaultyCallStore implements CallStore {
    */
   failNext(operation: StoreOperation, times = 1, skip = 0): void {
     this.#plan[operation] = { skip, fail: times };
+  }
+
+  /** The next `times` calls of `operation` take `ms` longer (on top of `delayMs`), failing or not. */
+  slowNext(operation: StoreOperation, ms: number, times = 1): void {
+    this.#slow[operation] = { ms, times };
   }
 
   async load(callSid: string): Promise<StoredCall | null> {
@@ -78,6 +84,12 @@ export class FaultyCallStore implements CallStore {
     if (this.delayMs > 0) {
       this.injected.delays += 1;
       await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+    }
+    const slow = this.#slow[operation];
+    if (slow.times > 0) {
+      slow.times -= 1;
+      this.injected.delays += 1;
+      await new Promise((resolve) => setTimeout(resolve, slow.ms));
     }
     const plan = this.#plan[operation];
     if (plan.skip > 0) {
