@@ -66,6 +66,8 @@ export interface ServiceProcess {
   pid: number;
   /** From spawn to the first `/healthz` 200. */
   readyMs: number;
+  /** Its DATA_DIR (the embedded store), removed by `close()`. */
+  dataDir: string;
   output: string[];
   /** Heap (optionally after a full GC), event-loop delay and GC pauses, when started with `probe`. */
   probe(options: { gc: boolean; reset: boolean }): Promise<ProbeReply>;
@@ -134,6 +136,7 @@ export async function startService(
     url,
     pid: child.pid!,
     readyMs,
+    dataDir,
     output,
     probe: ({ gc, reset }) => ask<ProbeReply>(child, { type: 'probe', gc, reset }),
     timings: () => ask<TimingsReply>(child, { type: 'timings' }),

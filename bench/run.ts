@@ -20,9 +20,13 @@
  * - webhooks: cheap webhooks back to back: webhooks per second.
  * - cold: spawn to the first /healthz 200, of node src/server.ts and of the
  *   production build the image runs.
+ * - store (only when asked for): the embedded store alone, in this process, with
+ *   a real call's payload: how long its loads and commits hold the event loop
+ *   (bench/store.ts).
  *
  *   npm run bench -- --calls 50 --turns 3 --agent-first-ms 300 --tokens-per-sec 40 --tts-first-byte-ms 150
  *   npm run bench -- --phases latency --calls 10
+ *   npm run bench -- --phases store --store-rounds 15
  *   npm run bench -- --phases load --service-node-options="--cpu-prof --cpu-prof-dir=prof"
  *   taskset -c 0 npm run bench -- --phases load --service-cpus 1   (a core of its own for the service)
  *
@@ -39,6 +43,7 @@ import { measureOverhead } from './overhead.ts';
 import { cpuMs, machineCpu, ownCpuMs, startFakes, startService, type ServiceProcess } from './processes.ts';
 import type { ProbeReply } from './service-probe.ts';
 import { answerFor, ELEVENLABS_KEY, firstPieceText, wordCount, wordIntervalMs } from './scenario.ts';
+import { largestStoredCall, measureStore } from './store.ts';
 import { runWebhooks } from './webhooks.ts';
 
 /** Event-loop delay sampling interval of the benchmark's own loop. */
@@ -69,6 +74,7 @@ const { values: args } = parseArgs({
     'service-cpus': { type: 'string', default: '' },
     /** Calls start spread over this long; default 20 ms per call, at most 3 s. */
     'ramp-ms': { type: 'string' },
+    'store-rounds': { type: 'string', default: '15' },
   },
 });
 
@@ -106,6 +112,7 @@ try {
   if (phases.has('capacity')) await capacityPhase();
   if (phases.has('webhooks')) await webhookPhase();
   if (phases.has('cold')) await coldPhase();
+  if (phases.has('store')) await storePhase();
 } finally {
   await fakes.close();
 }
@@ -415,6 +422,38 @@ async function webhookPhase() {
     if (result.failures.length > 0) console.log(`  e.g. ${result.failures[0]}`);
     report.webhooks = { clients, webhooks: result.webhooks, perSec, latencyMs: stats(result.latencyMs), cpuPercentOfOneCore: (cpu / result.wallMs) * 100, failures: result.failures.length };
   });
+}
+
+async function storePhase() {
+  const calls = num('load-calls');
+  const rounds = num('store-rounds');
+  // A real payload: a few calls against the service, and the largest one it stored.
+  const payload = await withService(modes[0]!, async (service) => {
+    const run = await runCalls({ serviceUrl: service.url, calls: 5, turns: num('turns'), playback: 0, callerSpeaksMs: 0, rampMs: 0, firstCallIndex: nextCallIndex });
+    nextCallIndex += 5;
+    return largestStoredCall(service.dataDir, [...new Set(run.turns.map((t) => t.callSid))]);
+  });
+  const timings = await measureStore(payload, { calls, rounds });
+  const kb = (bytes: number) => (bytes / 1024).toFixed(1);
+  console.log(
+    `\nStore: the embedded SQLite store in this process, ${calls} calls × ${rounds} rounds of a turn's load, claim and answer commit ` +
+      `(a real call's payload: snapshot ${kb(timings.sizes.snapshot)} KB, record ${kb(timings.sizes.record)} KB, ` +
+      `remembered answers ${kb(timings.sizes.responses)} KB), µs the event loop is held`,
+  );
+  const row = (name: string, values: number[]) => [
+    name,
+    ...[0.5, 0.99, 0.999].map((q) => quantile(values, q).toFixed(0)),
+    Math.max(...values).toFixed(0),
+    mean(values).toFixed(0),
+    String(values.filter((us) => us > 2_000).length),
+  ];
+  table(['', 'p50', 'p99', 'p99.9', 'max', 'mean', 'over 2 ms'], [row('load', timings.load), row('claim commit', timings.claim), row('answer commit', timings.answer)]);
+  report.store = {
+    calls,
+    rounds,
+    sizes: timings.sizes,
+    ...Object.fromEntries((['load', 'claim', 'answer'] as const).map((op) => [op, { ...stats(timings[op]), mean: mean(timings[op]), over2Ms: timings[op].filter((us) => us > 2_000).length }])),
+  };
 }
 
 async function coldPhase() {
