@@ -280,7 +280,7 @@ export class CallEngine {
     // The event starts work (agent, speech). Claim the turn first, so only one
     // webhook ever runs it; then run it from the committed snapshot.
     const persisted = this.machine.getPersistedSnapshot(next);
-    const claimed = await this.#commit(callSid, expectedRevision, next, {}, undefined);
+    const claimed = await this.#commit(callSid, expectedRevision, next, {}, undefined, persisted);
     if (claimed === undefined) return 'conflict';
     return this.#settleAndCommit(callSid, this.#goLive(callSid, persisted, claimed), request, deadline);
   }
@@ -439,11 +439,12 @@ export class CallEngine {
     snapshot: CallSnapshot,
     request: EngineRequest,
     body: string | undefined,
+    persisted: unknown = this.machine.getPersistedSnapshot(snapshot),
   ): Promise<number | undefined> {
     const result = await this.#options.store.commit({
       callSid,
       expectedRevision,
-      snapshot: this.machine.getPersistedSnapshot(snapshot),
+      snapshot: persisted,
       record: recordOf(snapshot, needsLease(snapshot) ? { instance: this.instanceId, until: this.#now() + LEASE_MS } : undefined),
       ...(request.key && body !== undefined ? { response: { key: request.key, body } } : {}),
       now: this.#now(),

@@ -191,6 +191,9 @@ export function buildApp(options: AppOptions) {
       const path = `/audio/call/${callSid}/${key}`;
       if (!checkAudioSignature(request, reply, path)) return reply;
       const voice = options.voice;
+      // Usually this instance voiced it moments ago: no store read needed.
+      const ready = voice?.replyIfReady(replyAudioId(callSid, key));
+      if (ready) return sendAudio(reply, () => Promise.resolve(ready), options.audioUrlTtlSec);
       const stored = voice ? await options.store.load(callSid) : null;
       const spoken = stored ? spokenText(stored.record.turns, key) : undefined;
       if (!voice || !spoken) return reply.code(404).send('Not Found');
@@ -213,15 +216,15 @@ export function buildApp(options: AppOptions) {
    */
   async function withinBudget<T>(work: Promise<T>, request: FastifyRequest): Promise<T> {
     const budgetMs = options.answerBudgetMs ?? DEFAULT_ANSWER_BUDGET_MS;
-    const overBudget = new AnswerBudgetExceeded(`no answer within the ${budgetMs} ms webhook budget`);
     let timer: NodeJS.Timeout | undefined;
+    // The error (and its stack) is made only when the budget runs out, not for every webhook.
     const deadline = new Promise<never>((_resolve, reject) => {
-      timer = setTimeout(() => reject(overBudget), budgetMs);
+      timer = setTimeout(() => reject(new AnswerBudgetExceeded(`no answer within the ${budgetMs} ms webhook budget`)), budgetMs);
     });
     try {
       return await Promise.race([work, deadline]);
     } catch (error) {
-      if (error === overBudget) work.catch((late: unknown) => request.log.error({ err: late }, 'a webhook failed after its answer budget'));
+      if (error instanceof AnswerBudgetExceeded) work.catch((late: unknown) => request.log.error({ err: late }, 'a webhook failed after its answer budget'));
       throw error;
     } finally {
       clearTimeout(timer);
@@ -297,6 +300,17 @@ function spokenText(
  * Serves synthesised audio only once it is complete and known good: an error body
  * from the speech service is never sent to Twilio as audio.
  */
+/** Audio is cached and fetched again (by Twilio, by other pieces): hash it once. */
+const etags = new WeakMap<SynthesisedAudio, string>();
+function etagOf(audio: SynthesisedAudio): string {
+  let etag = etags.get(audio);
+  if (etag === undefined) {
+    etag = `"${createHash('sha256').update(audio.bytes).digest('base64url').slice(0, 27)}"`;
+    etags.set(audio, etag);
+  }
+  return etag;
+}
+
 async function sendAudio(reply: FastifyReply, synthesise: () => Promise<SynthesisedAudio>, ttlSec: number) {
   let audio: SynthesisedAudio;
   try {
@@ -305,7 +319,7 @@ async function sendAudio(reply: FastifyReply, synthesise: () => Promise<Synthesi
     reply.log.warn({ err: error }, 'audio could not be synthesised');
     return reply.code(502).type('text/plain').send('Bad Gateway: speech synthesis failed');
   }
-  const etag = `"${createHash('sha256').update(audio.bytes).digest('base64url').slice(0, 27)}"`;
+  const etag = etagOf(audio);
   if (reply.request.headers['if-none-match'] === etag) return reply.code(304).send();
   return reply
     .header('content-type', audio.contentType)

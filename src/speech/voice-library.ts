@@ -23,7 +23,8 @@ export class VoiceLibrary {
   readonly #voiceKey: string;
   readonly #phrases = new Map<string, Promise<SynthesisedAudio>>();
   readonly #readyPhrases = new Map<string, SynthesisedAudio>();
-  readonly #replies = new Map<string, SynthesisedAudio>();
+  /** Ready reply audio by `${voiceKey}|${id}`, least recently used first, with the text it says. */
+  readonly #replies = new Map<string, { text: string; audio: SynthesisedAudio }>();
   readonly #pending = new Map<string, Promise<SynthesisedAudio>>();
   readonly #maxReplyBytes: number;
   readonly #timeoutMs: number;
@@ -67,16 +68,12 @@ export class VoiceLibrary {
    */
   async replyPiece(id: string, request: SpeechRequest, signal?: AbortSignal): Promise<SynthesisedAudio> {
     const key = `${this.#voiceKey}|reply|${id}|${request.text}`;
-    const cached = this.#replies.get(key);
-    if (cached) {
-      this.#replies.delete(key);
-      this.#replies.set(key, cached);
-      return cached;
-    }
+    const cached = this.#ready(id);
+    if (cached && cached.text === request.text) return cached.audio;
     let pending = this.#pending.get(key);
     if (!pending) {
       pending = this.#synthesise(request, undefined).then((audio) => {
-        this.#keep(key, audio);
+        this.#keep(id, request.text, audio);
         return audio;
       });
       this.#pending.set(key, pending);
@@ -94,14 +91,39 @@ export class VoiceLibrary {
     return this.#speech.synthesise(request, link.signal).finally(() => link.dispose());
   }
 
-  #keep(key: string, audio: SynthesisedAudio) {
+  /**
+   * A reply's audio if this process has it ready, by id alone: the audio route
+   * serves it without reading the call from the store to learn its text.
+   */
+  replyIfReady(id: string): SynthesisedAudio | undefined {
+    return this.#ready(id)?.audio;
+  }
+
+  #ready(id: string): { text: string; audio: SynthesisedAudio } | undefined {
+    const key = `${this.#voiceKey}|${id}`;
+    const entry = this.#replies.get(key);
+    if (entry) {
+      // Most recently used goes last.
+      this.#replies.delete(key);
+      this.#replies.set(key, entry);
+    }
+    return entry;
+  }
+
+  #keep(id: string, text: string, audio: SynthesisedAudio) {
     if (audio.bytes.length > this.#maxReplyBytes) return;
-    this.#replies.set(key, audio);
+    const key = `${this.#voiceKey}|${id}`;
+    const replaced = this.#replies.get(key);
+    if (replaced) {
+      this.#replies.delete(key);
+      this.#replyBytes -= replaced.audio.bytes.length;
+    }
+    this.#replies.set(key, { text, audio });
     this.#replyBytes += audio.bytes.length;
     for (const [oldest, old] of this.#replies) {
       if (this.#replyBytes <= this.#maxReplyBytes) break;
       this.#replies.delete(oldest);
-      this.#replyBytes -= old.bytes.length;
+      this.#replyBytes -= old.audio.bytes.length;
     }
   }
 }
