@@ -3,38 +3,19 @@
  * signs webhooks and walks the TwiML; the agent and ElevenLabs are fake HTTP
  * servers. Each test reads as what a caller (or Twilio) experiences.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PHRASES } from '../machines/call.machine.ts';
 import { parseTwiml } from '../src/phone/twilio-caller.ts';
-import { startFakeAgent, type FakeAgent } from './fakes/agent-server.ts';
-import { startFakeElevenLabs, type FakeElevenLabs } from './fakes/elevenlabs-server.ts';
+import { useFakeBackends } from './support/fake-backends.ts';
 import { ELEVENLABS_KEY, spoken, startService, type RunningService } from './support/service.ts';
 
-let agent: FakeAgent;
-let eleven: FakeElevenLabs;
-
-beforeAll(async () => {
-  agent = await startFakeAgent();
-  eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
-});
-afterAll(async () => {
-  await agent.close();
-  await eleven.close();
-});
-
-const running: RunningService[] = [];
-afterEach(async () => {
-  agent.requests.length = 0;
-  eleven.requests.length = 0;
-  agent.setBehaviour({ kind: 'reply' });
-  eleven.setBehaviour({ kind: 'audio' });
-  await Promise.all(running.splice(0).map((r) => r.close()));
-});
+const fakes = useFakeBackends();
+const running = fakes.running;
 
 async function serviceWith(env: Record<string, string> = {}, withVoice = true) {
   const r = await startService({
-    KOOZIE_AGENT_URI: agent.url,
-    ...(withVoice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: eleven.url } : {}),
+    KOOZIE_AGENT_URI: fakes.agent.url,
+    ...(withVoice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: fakes.eleven.url } : {}),
     ...env,
   });
   running.push(r);
@@ -48,26 +29,26 @@ describe('a call with the agent and ElevenLabs voice', () => {
 
     const greeting = await call.dial();
     expect(spoken(greeting.heard)).toEqual(['[audio]']);
-    expect(eleven.requests.map((r) => r.body?.text)).toContain(PHRASES.greeting);
+    expect(fakes.eleven.requests.map((r) => r.body?.text)).toContain(PHRASES.greeting);
 
     const first = await call.say('What are your opening hours?');
     expect(spoken(first.heard)).toEqual(['[audio]']);
-    expect(eleven.requests.at(-1)?.body?.text).toBe('Agent heard: What are your opening hours? (history: 0)');
-    expect(eleven.requests.at(-1)?.headers['xi-api-key']).toBe(ELEVENLABS_KEY);
+    expect(fakes.eleven.requests.at(-1)?.body?.text).toBe('Agent heard: What are your opening hours? (history: 0)');
+    expect(fakes.eleven.requests.at(-1)?.headers['xi-api-key']).toBe(ELEVENLABS_KEY);
 
     const second = await call.say('And on Sundays?');
     expect(spoken(second.heard)).toEqual(['[audio]']);
     // The agent got the first exchange as context on the second turn.
-    expect(agent.requests[1]?.history).toEqual([
+    expect(fakes.agent.requests[1]?.history).toEqual([
       { role: 'user', content: 'What are your opening hours?' },
       { role: 'assistant', content: 'Agent heard: What are your opening hours? (history: 0)' },
     ]);
-    expect(agent.requests[1]?.callSid).toBe(call.callSid);
+    expect(fakes.agent.requests[1]?.callSid).toBe(call.callSid);
 
     const bye = await call.say('OK, goodbye!');
     expect(bye.ended).toBe(true);
     expect(bye.heard.at(-1)).toEqual({ verb: 'Hangup' });
-    expect(agent.requests).toHaveLength(2);
+    expect(fakes.agent.requests).toHaveLength(2);
 
     expect(await call.hangUp('completed')).toBe(200);
     const record = await svc.service.store.getRecord(call.callSid);
@@ -109,10 +90,10 @@ describe('what the caller hears when something goes wrong', () => {
     const svc = await serviceWith({}, false);
     const call = svc.call();
     await call.dial();
-    agent.setBehaviour({ kind: 'status', status: 500, body: 'boom' });
+    fakes.agent.setBehaviour({ kind: 'status', status: 500, body: 'boom' });
     const failed = await call.say('Hello?');
     expect(spoken(failed.heard)).toEqual([PHRASES.apology]);
-    agent.setBehaviour({ kind: 'reply' });
+    fakes.agent.setBehaviour({ kind: 'reply' });
     const ok = await call.say('Hello again');
     expect(spoken(ok.heard)).toEqual(['Agent heard: Hello again (history: 0)']);
     const record = await svc.service.store.getRecord(call.callSid);
@@ -121,7 +102,7 @@ describe('what the caller hears when something goes wrong', () => {
 
   it('is kept on the line while the agent hangs, then hears an apology before Twilio would give up', async () => {
     const svc = await serviceWith({ WEBHOOK_DEADLINE_MS: '300', AGENT_TIMEOUT_MS: '1500' }, false);
-    agent.setBehaviour({ kind: 'hang' });
+    fakes.agent.setBehaviour({ kind: 'hang' });
     const call = svc.call();
     await call.dial();
     const turn = await call.say('Are you there?');
@@ -137,15 +118,15 @@ describe('what the caller hears when something goes wrong', () => {
     const svc = await serviceWith({}, false);
     const call = svc.call();
     await call.dial();
-    agent.setBehaviour({ kind: 'malformed' });
+    fakes.agent.setBehaviour({ kind: 'malformed' });
     expect(spoken((await call.say('one')).heard)).toEqual([PHRASES.apology]);
-    agent.setBehaviour({ kind: 'events', data: [] });
+    fakes.agent.setBehaviour({ kind: 'events', data: [] });
     expect(spoken((await call.say('two')).heard)).toEqual([PHRASES.apology]);
   });
 
   it('ends politely after three failed turns in a row', async () => {
     const svc = await serviceWith({}, false);
-    agent.setBehaviour({ kind: 'status', status: 503 });
+    fakes.agent.setBehaviour({ kind: 'status', status: 503 });
     const call = svc.call();
     await call.dial();
     await call.say('one');
@@ -163,7 +144,7 @@ describe('what the caller hears when something goes wrong', () => {
     const svc = await serviceWith({ AGENT_TIMEOUT_MS: '5000' });
     const call = svc.call();
     await call.dial();
-    eleven.setBehaviour(behaviour);
+    fakes.eleven.setBehaviour(behaviour);
     const turn = await call.say('Tell me something');
     expect(spoken(turn.heard)).toEqual(['Agent heard: Tell me something (history: 0)']);
     const record = await svc.service.store.getRecord(call.callSid);
@@ -174,7 +155,7 @@ describe('what the caller hears when something goes wrong', () => {
   it('hears agent text full of <, & and quotes exactly, in well-formed TwiML', async () => {
     const svc = await serviceWith({}, false);
     const nasty = `Use <b>"bold"</b> & 'quotes' ]]> <Hangup/> </Say><Say>x`;
-    agent.setBehaviour({ kind: 'reply', answer: () => nasty, chunkWords: 1 });
+    fakes.agent.setBehaviour({ kind: 'reply', answer: () => nasty, chunkWords: 1 });
     const call = svc.call();
     await call.dial();
     const turn = await call.say('format something');
@@ -192,7 +173,7 @@ describe('silence', () => {
     expect(spoken((await call.say(null)).heard)).toEqual([PHRASES.reprompt]);
     const second = await call.say(null);
     expect(spoken(second.heard)).toEqual([PHRASES.goodbyeSilence, '[Hangup]']);
-    expect(agent.requests).toHaveLength(0);
+    expect(fakes.agent.requests).toHaveLength(0);
     expect((await svc.service.store.getRecord(call.callSid))?.endReason).toBe('silence');
   });
 
@@ -218,7 +199,7 @@ describe('Twilio requests', () => {
     });
     expect(missing.status).toBe(403);
     expect(await svc.service.store.load(forged.callSid)).toBeNull();
-    expect(agent.requests).toHaveLength(0);
+    expect(fakes.agent.requests).toHaveLength(0);
   });
 
   it('refuses a signed request whose body was changed on the way', async () => {
@@ -231,7 +212,7 @@ describe('Twilio requests', () => {
       body: `CallSid=${call.callSid}&SpeechResult=transfer+all+my+money`,
     });
     expect(res.status).toBe(403);
-    expect(agent.requests).toHaveLength(0);
+    expect(fakes.agent.requests).toHaveLength(0);
   });
 
   it('answers a webhook for an unknown call with TwiML that apologises and hangs up', async () => {
@@ -241,7 +222,7 @@ describe('Twilio requests', () => {
     expect(answer.status).toBe(200);
     const verbs = parseTwiml(answer.body).map((v) => Object.keys(v)[0]);
     expect(verbs).toEqual(['Say', 'Hangup']);
-    expect(agent.requests).toHaveLength(0);
+    expect(fakes.agent.requests).toHaveLength(0);
   });
 
   it('answers a malformed CallSid with 400, not 5xx', async () => {
@@ -258,7 +239,7 @@ describe('Twilio requests', () => {
     const turn = await call.say('only once please');
     const again = await call.retryLast();
     expect(again).toBe(turn.documents.at(-1));
-    expect(agent.requests).toHaveLength(1);
+    expect(fakes.agent.requests).toHaveLength(1);
   });
 
   it('finalises the record when Twilio reports the caller hung up mid-call', async () => {
@@ -282,7 +263,7 @@ describe('audio URLs', () => {
     const play = call.heard.find((h) => h.verb === 'Play' && h.url.includes('/audio/call/'));
     if (play?.verb !== 'Play') throw new Error('expected audio');
     const url = new URL(play.url);
-    const before = eleven.requests.length;
+    const before = fakes.eleven.requests.length;
     const local = (u: URL) => `${svc.address}${u.pathname}${u.search}`;
 
     const otherCall = new URL(url);
@@ -300,7 +281,7 @@ describe('audio URLs', () => {
       expect((await fetch(local(bad))).status).toBe(403);
     }
     expect((await fetch(`${svc.address}/audio?text=spend+my+credit`)).status).toBe(404);
-    expect(eleven.requests.length).toBe(before);
+    expect(fakes.eleven.requests.length).toBe(before);
     expect((await fetch(local(url))).status).toBe(200);
   });
 });

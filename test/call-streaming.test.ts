@@ -7,13 +7,12 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PHRASES } from '../machines/call.machine.ts';
 import { parseTwiml } from '../src/phone/twilio-caller.ts';
 import { SqliteCallStore } from '../src/store/sqlite-store.ts';
-import { startFakeAgent, type FakeAgent } from './fakes/agent-server.ts';
-import { startFakeElevenLabs, type FakeElevenLabs } from './fakes/elevenlabs-server.ts';
 import { FaultyCallStore } from './hardening/support.ts';
+import { useFakeBackends } from './support/fake-backends.ts';
 import { ELEVENLABS_KEY, PUBLIC_BASE_URL, spoken, startService, type RunningService } from './support/service.ts';
 
 const ANSWER = 'We open at nine. On Saturdays we open at ten, and we close at four. Anything else?';
@@ -23,33 +22,15 @@ const SLOW = { kind: 'reply', answer: () => ANSWER, chunkWords: 1, chunkDelayMs:
 /** The first sentence takes about this long to say: the agent has finished by the time it has played. */
 const FIRST_SENTENCE_MS = 800;
 
-let agent: FakeAgent;
-let eleven: FakeElevenLabs;
-
-beforeAll(async () => {
-  agent = await startFakeAgent({ behaviour: SLOW });
-  eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
-});
-afterAll(async () => {
-  await agent.close();
-  await eleven.close();
-});
-
-const running: RunningService[] = [];
-afterEach(async () => {
-  agent.requests.length = 0;
-  eleven.requests.length = 0;
-  agent.setBehaviour(SLOW);
-  eleven.setBehaviour({ kind: 'audio' });
-  await Promise.all(running.splice(0).map((r) => r.close()));
-});
+const fakes = useFakeBackends({ agent: SLOW });
+const running = fakes.running;
 
 async function serviceWith(env: Record<string, string> = {}, options: { voice?: boolean; dataDir?: string } = {}) {
   const voice = options.voice ?? true;
   const r = await startService(
     {
-      KOOZIE_AGENT_URI: agent.url,
-      ...(voice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: eleven.url } : {}),
+      KOOZIE_AGENT_URI: fakes.agent.url,
+      ...(voice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: fakes.eleven.url } : {}),
       ...env,
     },
     options.dataDir ? { dataDir: options.dataDir } : {},
@@ -97,7 +78,7 @@ describe('a reply voiced while the agent writes it', () => {
     const svc = await serviceWith();
     const call = svc.call({ playbackMs: (h) => (h.verb === 'Play' && new URL(h.url).pathname.endsWith('/t0') ? FIRST_SENTENCE_MS : 0) });
     await call.dial();
-    const sentBefore = agent.sentChunks.length;
+    const sentBefore = fakes.agent.sentChunks.length;
 
     const turn = await call.say('When do you open?');
 
@@ -106,11 +87,11 @@ describe('a reply voiced while the agent writes it', () => {
     expect(verbs(turn.documents.at(-1)!)).toEqual(['Gather(Play,Play)']);
     expect(spoken(turn.heard)).toEqual(['[audio]', '[audio]', '[audio]']);
     // ElevenLabs got each sentence, in order, with the sentence before it for continuity.
-    const voiced = eleven.requests.filter((r) => r.body?.text !== PHRASES.greeting);
+    const voiced = fakes.eleven.requests.filter((r) => r.body?.text !== PHRASES.greeting);
     expect(voiced.map((r) => r.body?.text)).toEqual(SENTENCES);
     expect(voiced.map((r) => r.body?.previous_text)).toEqual(['When do you open?', SENTENCES[0], SENTENCES[1]]);
     // The first piece's synthesis started while the agent was still writing.
-    expect(agent.sentChunks.length - sentBefore).toBe(ANSWER.split(' ').length);
+    expect(fakes.agent.sentChunks.length - sentBefore).toBe(ANSWER.split(' ').length);
 
     const record = await svc.service.store.getRecord(call.callSid);
     const [first] = record!.turns;
@@ -123,9 +104,9 @@ describe('a reply voiced while the agent writes it', () => {
     ]);
 
     // The next question carries the whole answer as history.
-    agent.setBehaviour({ kind: 'reply' });
+    fakes.agent.setBehaviour({ kind: 'reply' });
     await call.say('Thanks. And on Sundays?');
-    expect(agent.requests.at(-1)?.history).toEqual([
+    expect(fakes.agent.requests.at(-1)?.history).toEqual([
       { role: 'user', content: 'When do you open?' },
       { role: 'assistant', content: ANSWER },
     ]);
@@ -139,7 +120,7 @@ describe('a reply voiced while the agent writes it', () => {
     // The first piece keeps the key a reply always had (`t0`); the others are `t0p1`, `t0p2`.
     const pieces = call.heard.filter((h) => h.verb === 'Play' && /\/t0(p\d)?$/.test(new URL(h.url).pathname));
     expect(pieces).toHaveLength(3);
-    const before = eleven.requests.length;
+    const before = fakes.eleven.requests.length;
     for (const piece of pieces) {
       if (piece.verb !== 'Play') continue;
       const url = new URL(piece.url);
@@ -147,14 +128,14 @@ describe('a reply voiced while the agent writes it', () => {
       expect(again.status).toBe(200);
       expect(Buffer.from(await again.arrayBuffer()).length).toBe(piece.bytes);
     }
-    expect(eleven.requests.length).toBe(before);
+    expect(fakes.eleven.requests.length).toBe(before);
   });
 
   it('reads a piece in the phone voice when ElevenLabs fails on it, and plays the others', async () => {
     const svc = await serviceWith();
     const call = svc.call();
     await call.dial();
-    eleven.setBehaviour({ kind: 'sequence', steps: [{ kind: 'audio' }, { kind: 'status', status: 400, detail: 'bad_text' }, { kind: 'audio' }] });
+    fakes.eleven.setBehaviour({ kind: 'sequence', steps: [{ kind: 'audio' }, { kind: 'status', status: 400, detail: 'bad_text' }, { kind: 'audio' }] });
     const turn = await call.say('When do you open?');
     expect(spoken(turn.heard)).toEqual(['[audio]', SENTENCES[1], '[audio]']);
     const record = await svc.service.store.getRecord(call.callSid);
@@ -173,7 +154,7 @@ describe('a reply voiced while the agent writes it', () => {
 
   it('keeps what the agent said when it stops mid-answer, and the call goes on', async () => {
     const svc = await serviceWith({ AGENT_TIMEOUT_MS: '1000' });
-    agent.setBehaviour({ kind: 'events', data: [JSON.stringify({ text: 'We open at nine. ' }), JSON.stringify({ text: 'On Satur' })], keepOpen: true });
+    fakes.agent.setBehaviour({ kind: 'events', data: [JSON.stringify({ text: 'We open at nine. ' }), JSON.stringify({ text: 'On Satur' })], keepOpen: true });
     const call = svc.call();
     await call.dial();
     const turn = await call.say('When do you open?');
@@ -184,13 +165,13 @@ describe('a reply voiced while the agent writes it', () => {
     // A timeout, said as one, and the turn says where the answer was cut.
     expect(record?.turns[0]?.cut).toMatch(/^agent: .*within 1000 ms; the answer was cut there$/);
     expect(record?.lastError).toBe(record?.turns[0]?.cut);
-    agent.setBehaviour({ kind: 'reply' });
+    fakes.agent.setBehaviour({ kind: 'reply' });
     expect(spoken((await call.say('OK')).heard)).toEqual(['[audio]']);
   });
 
   it('after a hold, the first sentence is played, not skipped, and the rest follows when Twilio asks for it', async () => {
     const svc = await serviceWith({ WEBHOOK_DEADLINE_MS: '200' });
-    agent.setBehaviour({ ...SLOW, firstChunkDelayMs: 500 });
+    fakes.agent.setBehaviour({ ...SLOW, firstChunkDelayMs: 500 });
     // "One moment." lasts long enough for the first sentence to be voiced and stored meanwhile.
     const call = svc.call({ playbackMs: (h) => (h.verb === 'Say' ? 1_000 : 0) });
     await call.dial();
@@ -208,7 +189,7 @@ describe('a reply voiced while the agent writes it', () => {
     const dataDir = mkdtempSync(join(tmpdir(), 'heyai-stream-'));
     const store = new FaultyCallStore(new SqliteCallStore(dataDir));
     const svc = await startService(
-      { KOOZIE_AGENT_URI: agent.url, ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: eleven.url },
+      { KOOZIE_AGENT_URI: fakes.agent.url, ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: fakes.eleven.url },
       { store, dataDir },
     );
     running.push(svc);
@@ -238,7 +219,7 @@ describe('a reply voiced while the agent writes it', () => {
     await call.dial();
     const turn = await call.say('When do you open?');
     expect(turn.documents.map(verbs)).toEqual([['Gather(Play)']]);
-    expect(eleven.requests.at(-1)?.body?.text).toBe(ANSWER);
+    expect(fakes.eleven.requests.at(-1)?.body?.text).toBe(ANSWER);
     const record = await svc.service.store.getRecord(call.callSid);
     expect(record?.path.map((p) => p.state).slice(3)).toEqual(['thinking', 'speaking', 'listening']);
   });
@@ -275,17 +256,17 @@ describe('a reply voiced while the agent writes it', () => {
       next = redirectOf(body);
     }
     expect(heard.at(-1)).toBe('Gather(Play,Play)');
-    expect(agent.requests.map((r) => r.message)).toEqual(['When do you open?']);
+    expect(fakes.agent.requests.map((r) => r.message)).toEqual(['When do you open?']);
     const record = await b.service.store.getRecord(call.callSid);
     expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES, voicedBy: 'audio' });
     expect(record?.turns[0]?.written).toBeUndefined();
     expect(record?.path.map((p) => p.state).slice(3)).toEqual(['thinking', 'speaking', 'replying', 'speaking', 'listening']);
     // B voiced the rest itself: its pieces are served by B from memory.
-    const before = eleven.requests.length;
+    const before = fakes.eleven.requests.length;
     const rest = answeredByB.flatMap(replyAudioOf);
     expect(rest).toHaveLength(2);
     for (const url of rest) expect((await fetch(`${b.address}${url}`)).status).toBe(200);
-    expect(eleven.requests.length).toBe(before);
+    expect(fakes.eleven.requests.length).toBe(before);
   });
 
   it('when the instance streaming the reply is gone, another asks the agent again once its lease lapses and goes on where the caller was', async () => {
@@ -309,7 +290,7 @@ describe('a reply voiced while the agent writes it', () => {
     expect(documents.slice(0, -1).map(verbs)).toContainEqual(['Pause', 'Redirect']);
     expect(verbs(documents.at(-1)!)[0]).toMatch(/^Gather\(Play/);
     expect(documents.flatMap(replyAudioOf).map((url) => new URL(url, PUBLIC_BASE_URL).pathname.split('/').at(-1))).toEqual(['t0p1', 't0p2']);
-    expect(agent.requests.map((r) => r.message)).toEqual(['When do you open?', 'When do you open?']);
+    expect(fakes.agent.requests.map((r) => r.message)).toEqual(['When do you open?', 'When do you open?']);
     const record = await b.service.store.getRecord(call.callSid);
     expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
     expect(record?.turns[0]?.cut).toBeUndefined();
