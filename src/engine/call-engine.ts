@@ -49,6 +49,7 @@ import {
 } from 'xstate';
 import {
   callMachine,
+  errorMessage,
   stateName,
   type AgentTurnInput,
   type AgentTurnOutput,
@@ -541,7 +542,7 @@ export class CallEngine {
     for (let i = from; settled(i); i++) {
       const piece = stream.pieces[i]!;
       pieces.push(piece.voiced ? { text: piece.text, audio: replyAudioPath(callSid, pieceKey(reply.turn, i)) } : { text: piece.text });
-      if (piece.error) problem ??= `speech: ${errorText(piece.error)}`;
+      if (piece.error) problem ??= `speech: ${errorMessage(piece.error)}`;
     }
     const more = !(stream.finished && from + pieces.length >= stream.pieces.length);
     const log = this.#options.log.child({ callSid });
@@ -642,7 +643,7 @@ class UnvoicedReply extends Error implements VoiceFailure {
   readonly agentCompleteAt: number | undefined;
   readonly cut: string | undefined;
   constructor(cause: unknown, pieces: PromptPiece[], agentCompleteAt: number | undefined, cut: string | undefined) {
-    super(errorText(cause), { cause });
+    super(errorMessage(cause), { cause });
     this.pieces = pieces;
     this.agentCompleteAt = agentCompleteAt;
     this.cut = cut;
@@ -664,11 +665,7 @@ function continuesHeard(stream: ReplyStream, heard: string[]): boolean {
 /** Why an answer with text stopped early, as the turn records it; undefined when it ended normally. */
 function cutOf(stream: ReplyStream): string | undefined {
   if (!stream.finished || stream.error === undefined || stream.pieces.length === 0) return undefined;
-  return `agent: ${errorText(stream.error)}; the answer was cut there`;
-}
-
-function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  return `agent: ${errorMessage(stream.error)}; the answer was cut there`;
 }
 
 /** Renderable states end a webhook; working states (agent, speech) are waited for. */

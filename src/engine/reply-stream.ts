@@ -115,11 +115,6 @@ export class ReplyStream {
     });
   }
 
-  /** The answer so far, as the engine stores it. */
-  get text(): string {
-    return this.pieces.map((p) => p.text).join(' ');
-  }
-
   async #run(): Promise<void> {
     const { agent, request, mode, timeoutMs, now, written } = this.#options;
     if (written) {

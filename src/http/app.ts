@@ -296,10 +296,6 @@ function spokenText(
   return turn && text ? { text, previousText: turn.pieces?.[piece - 1] ?? turn.caller } : undefined;
 }
 
-/**
- * Serves synthesised audio only once it is complete and known good: an error body
- * from the speech service is never sent to Twilio as audio.
- */
 /** Audio is cached and fetched again (by Twilio, by other pieces): hash it once. */
 const etags = new WeakMap<SynthesisedAudio, string>();
 function etagOf(audio: SynthesisedAudio): string {
@@ -311,6 +307,10 @@ function etagOf(audio: SynthesisedAudio): string {
   return etag;
 }
 
+/**
+ * Serves synthesised audio only once it is complete and known good: an error body
+ * from the speech service is never sent to Twilio as audio.
+ */
 async function sendAudio(reply: FastifyReply, synthesise: () => Promise<SynthesisedAudio>, ttlSec: number) {
   let audio: SynthesisedAudio;
   try {
