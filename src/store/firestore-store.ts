@@ -47,6 +47,7 @@
  * @see https://cloud.google.com/firestore/docs/ttl
  * @see https://cloud.google.com/firestore/quotas#limits
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Firestore, Timestamp, type CollectionReference, type Query } from '@google-cloud/firestore';
 import {
   rememberResponse,
@@ -101,6 +102,10 @@ const GRPC_FAILED_PRECONDITION = 9;
 /** Snapshot documents deleted per transaction (a commit takes at most 500 writes). */
 const EXPIRE_PAGE = 250;
 const HEALTH_TIMEOUT_MS = 2_000;
+/** Reads of a call whose two documents disagree (read across a commit) before `load` gives up. */
+const LOAD_ATTEMPTS = 5;
+/** Pause before the next read, times the attempt: a commit in flight lands within milliseconds. */
+const LOAD_RETRY_MS = 5;
 
 export class FirestoreCallStore implements CallStore {
   readonly kind = 'firestore';
@@ -127,29 +132,33 @@ export class FirestoreCallStore implements CallStore {
     const refs = [this.#calls.doc(callSid), this.#snapshots.doc(callSid)] as const;
     // One BatchGetDocuments is not one point in time: it can read the call document
     // after a commit and the snapshot document before it (seen on the emulator under
-    // concurrent commits), and a transition computed from that older snapshot would
-    // then commit against the newer revision, losing the update in between. The two
-    // documents are always committed together with the same `revision`, so a pair
-    // that disagrees (or a call whose snapshot is missing) is read again in a
-    // read-only transaction, whose reads all come from one consistent snapshot of
-    // the database. The common case stays one round trip.
-    let [call, snapshot] = await this.#firestore.getAll(...refs);
-    if (call?.exists && snapshot?.get('revision') !== call.get('revision')) {
-      [call, snapshot] = await this.#firestore.runTransaction((transaction) => transaction.getAll(...refs), {
-        readOnly: true,
-      });
+    // concurrent commits, and a read-only transaction there did no better), and a
+    // transition computed from that older snapshot would then commit against the
+    // newer revision, losing the update in between. So the pair is checked instead
+    // of trusted: both documents are written by one atomic commit with the same
+    // `revision`, and each revision is committed once (compare-and-set), so a pair
+    // that agrees belongs together. One that disagrees was read across a commit and
+    // is read again. A snapshot still missing after that has expired (TTL).
+    for (let attempt = 1; ; attempt++) {
+      const [call, snapshot] = await this.#firestore.getAll(...refs);
+      if (!call?.exists) return null;
+      const data = call.data() as CallDocument;
+      const stored = snapshot?.exists ? (snapshot.data() as SnapshotDocument) : undefined;
+      if (stored?.revision === data.revision || (stored === undefined && attempt >= LOAD_ATTEMPTS)) {
+        return {
+          callSid,
+          revision: data.revision,
+          snapshot: stored ? JSON.parse(stored.snapshot) : null,
+          record: data.record,
+          responses: Object.fromEntries(data.responses.map((r) => [r.key, r.body])),
+          updatedAt: data.updatedAt,
+        };
+      }
+      if (attempt >= LOAD_ATTEMPTS) {
+        throw new Error(`call ${callSid}: its call and snapshot documents disagreed on the revision ${LOAD_ATTEMPTS} reads in a row`);
+      }
+      await sleep(attempt * LOAD_RETRY_MS);
     }
-    if (!call?.exists) return null;
-    const data = call.data() as CallDocument;
-    const stored = snapshot?.exists ? (snapshot.data() as SnapshotDocument) : undefined;
-    return {
-      callSid,
-      revision: data.revision,
-      snapshot: stored ? JSON.parse(stored.snapshot) : null,
-      record: data.record,
-      responses: Object.fromEntries(data.responses.map((r) => [r.key, r.body])),
-      updatedAt: data.updatedAt,
-    };
   }
 
   async commit(request: CommitRequest): Promise<CommitResult> {
