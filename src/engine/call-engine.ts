@@ -476,8 +476,7 @@ export class CallEngine {
    * goes on to voice it while the agent writes the rest.
    */
   async #askAgent(input: AgentTurnInput, signal: AbortSignal): Promise<AgentTurnOutput> {
-    const key = replyKey(input.callSid, input.turn);
-    const stream = this.#replies.get(key) ?? this.#startReply(input, 0);
+    const { key, stream } = this.#replyFor(input, 0);
     try {
       await stream.until(() => stream.pieces.length > 0 || stream.finished, signal);
     } catch (error) {
@@ -489,7 +488,7 @@ export class CallEngine {
     if (!first) {
       this.#dropReply(key, stream, undefined);
       const error = stream.error ?? new AgentError('empty', 'the agent answered with no text');
-      this.#options.log.child({ callSid: input.callSid }).warn({ err: error }, 'agent turn failed');
+      this.#options.log.warn({ callSid: input.callSid, err: error }, 'agent turn failed');
       throw error;
     }
     return { text: first.text, firstChunkAt: stream.firstChunkAt ?? this.#now(), at: this.#now() };
@@ -521,8 +520,7 @@ export class CallEngine {
    * round trip between pieces.
    */
   async #voiceReply(callSid: string, reply: ReplyProgress, signal: AbortSignal): Promise<VoiceOutput> {
-    const key = replyKey(callSid, reply.turn);
-    const stream = this.#replies.get(key) ?? this.#startReply(reply.request, reply.heard.length, reply.written);
+    const { key, stream } = this.#replyFor(reply.request, reply.heard.length, reply.written);
     const from = reply.heard.length;
     await stream.until(() => stream.pieces.length > from || stream.finished, signal);
     if (!continuesHeard(stream, reply.heard)) {
@@ -548,7 +546,7 @@ export class CallEngine {
       if (piece.error) problem ??= `speech: ${errorMessage(piece.error)}`;
     }
     const more = !(stream.finished && from + pieces.length >= stream.pieces.length);
-    const log = this.#options.log.child({ callSid });
+    const log = this.#options.log;
     // When the agent finished, as this stream saw it (a stream from the store did not see it).
     const agentCompleteAt = stream.fromStore ? undefined : stream.completeAt;
     if (!more) {
@@ -556,17 +554,17 @@ export class CallEngine {
       const failed = stream.pieces.slice(from).find((p) => p.error);
       if (pieces.length > 0 && !pieces.some((p) => p.audio) && failed) {
         // None of the rest could be voiced: a speech failure, as for a reply voiced in one go.
-        log.warn({ err: failed.error, turn: reply.turn }, 'speech synthesis failed; the phone reads the words instead');
+        log.warn({ callSid, err: failed.error, turn: reply.turn }, 'speech synthesis failed; the phone reads the words instead');
         throw new UnvoicedReply(failed.error, pieces, agentCompleteAt, cutOf(stream));
       }
     }
-    if (problem) log.warn({ problem, turn: reply.turn }, 'part of a reply could not be voiced as asked');
+    if (problem) log.warn({ callSid, problem, turn: reply.turn }, 'part of a reply could not be voiced as asked');
     const output: VoiceOutput = { at: this.#now(), pieces, more };
     if (agentCompleteAt !== undefined) output.agentCompleteAt = agentCompleteAt;
     if (problem) output.problem = problem;
     const cut = more ? undefined : cutOf(stream);
     if (cut) {
-      log.warn({ cut, turn: reply.turn }, 'the agent’s answer was cut short; the caller heard it up to there');
+      log.warn({ callSid, cut, turn: reply.turn }, 'the agent’s answer was cut short; the caller heard it up to there');
       output.cut = cut;
     }
     return output;
@@ -580,8 +578,7 @@ export class CallEngine {
    * that went wrong yields what the agent wrote, with the reason it was cut.
    */
   async #collectReply(reply: ReplyProgress, signal: AbortSignal): Promise<WrittenReply> {
-    const key = replyKey(reply.callSid, reply.turn);
-    const stream = this.#replies.get(key) ?? this.#startReply(reply.request, reply.heard.length, reply.written);
+    const { stream } = this.#replyFor(reply.request, reply.heard.length, reply.written);
     // Aborted when the call moves on first (CONTINUE, a hang-up): the stream stays for whoever voices the rest.
     await stream.until(() => stream.finished, signal);
     if (!continuesHeard(stream, reply.heard)) return { pieces: reply.heard, completeAt: this.#now(), cut: LOST_ANSWER };
@@ -591,8 +588,17 @@ export class CallEngine {
     return written;
   }
 
-  #startReply(request: AgentTurnInput, alreadyHeard: number, written?: string[]): ReplyStream {
+  /**
+   * This turn's reply stream: the one already under way in this process, or a new
+   * one that skips the pieces the caller has heard (and voices the stored answer,
+   * when there is one, instead of asking the agent).
+   */
+  #replyFor(request: AgentTurnInput, alreadyHeard: number, written?: string[]): { key: string; stream: ReplyStream } {
     const key = replyKey(request.callSid, request.turn);
+    return { key, stream: this.#replies.get(key) ?? this.#startReply(key, request, alreadyHeard, written) };
+  }
+
+  #startReply(key: string, request: AgentTurnInput, alreadyHeard: number, written?: string[]): ReplyStream {
     const stream = new ReplyStream({
       agent: this.#options.agent,
       request,
@@ -682,6 +688,11 @@ function busyInBackground(snapshot: CallSnapshot): boolean {
   return Object.values(snapshot.children).some((child) => child?.getSnapshot().status === 'active');
 }
 
+/** Work is under way for this call in this process: its instance holds the call's lease. */
+function needsLease(snapshot: CallSnapshot): boolean {
+  return isWorking(snapshot) || busyInBackground(snapshot);
+}
+
 /**
  * The machine's pure steps, as XState's `initialTransition()` and `transition()`
  * compute them (the same calls on the machine, with an inert scope that runs no
@@ -710,11 +721,6 @@ class PureSteps {
   next(snapshot: CallSnapshot, event: CallEvent): CallSnapshot {
     return this.#machine.transition(snapshot, event, this.#scope);
   }
-}
-
-/** Work is under way for this call in this process: its instance holds the call's lease. */
-function needsLease(snapshot: CallSnapshot): boolean {
-  return isWorking(snapshot) || busyInBackground(snapshot);
 }
 
 async function settle(actor: CallActor, timeoutMs: number): Promise<CallSnapshot> {

@@ -62,7 +62,7 @@ type Speaker = Pick<VoiceResponse, 'say' | 'play'>;
 export function renderCallTwiml(view: CallView, options: RenderOptions): string {
   const response = new VoiceResponse();
   if (view.hold) {
-    hold(response, replyUnderWay(view) ? 2 : view.context.holds, options, view.hold.continuing);
+    hold(response, view, options, view.hold.continuing);
     return response.toString();
   }
   switch (view.state) {
@@ -89,7 +89,7 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
       response.hangup();
       break;
     default:
-      hold(response, replyUnderWay(view) ? 2 : view.context.holds, options, false);
+      hold(response, view, options, false);
   }
   return response.toString();
 }
@@ -130,8 +130,9 @@ function say(into: Speaker, raw: string, options: RenderOptions) {
   else into.say(text);
 }
 
-function hold(response: VoiceResponse, holds: number, options: RenderOptions, continuing: boolean) {
-  if (holds <= 1) {
+/** The first hold of a wait says the hold phrase; later ones, and any hold once the caller hears the reply, pause. */
+function hold(response: VoiceResponse, view: CallView, options: RenderOptions, continuing: boolean) {
+  if (view.context.holds <= 1 && !replyUnderWay(view)) {
     if (options.holdAudio) response.play(options.baseUrl + options.signAudio(options.holdAudio));
     else say(response, PHRASES.hold, options);
   } else {
