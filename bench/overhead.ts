@@ -14,7 +14,7 @@
  *   busy, it had not sent yet), after it the caller's again (reading the answer).
  *   The service's own lateness in reading the request is in the window.
  * - a wait on a fake runs from the service having written its whole request to
- *   the fake (the service's `undici:request:bodySent`; matched to the fake's log
+ *   the fake (the service's request `finish`, bench/service-probe.ts; matched to the fake's log
  *   by the connection's port and the headers written before the fake saw them) to
  *   the fake having written its last byte. A fake slow to read the request is the
  *   fake's time; the service slow to read the answer is the service's.

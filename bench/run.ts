@@ -369,6 +369,8 @@ async function loadPhase() {
     serviceCpuWaitMs,
     unmatched: overhead.unmatched,
     unmatchedInService: overhead.unmatchedInService,
+    /** Every webhook, for a closer look: route, arrival (service clock, ms), own time, GC, CPU wait, and for answers the stages. */
+    webhooks: overhead.webhooks.map((w) => [w.path, w.window[0], w.overheadMs, w.gcMs, w.cpuWaitMs, w.stages]),
     slowest: [...overhead.webhooks].sort((a, b) => b.overheadMs - a.overheadMs).slice(0, 20),
     firstAudioMs: stats(first),
     cpuPercentOfOneCore: (cpu / result.wallMs) * 100,

@@ -30,7 +30,7 @@
  */
 import { subscribe } from 'node:diagnostics_channel';
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { constants, monitorEventLoopDelay, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 
@@ -108,7 +108,6 @@ let requests: SentRequest[] = [];
 let cpuWait: Array<[number, number]> = [];
 let forcedGc: Array<[number, number]> = [];
 const served = new WeakMap<IncomingMessage, ServedWebhook>();
-const sending = new WeakMap<object, SentRequest>();
 
 subscribe('http.server.request.start', (message) => {
   const { request } = message as { request: IncomingMessage };
@@ -123,16 +122,21 @@ subscribe('http.server.response.finish', (message) => {
   const webhook = served.get(request);
   if (webhook) webhook.finishedAt = clock();
 });
-subscribe('undici:client:sendHeaders', (message) => {
-  const { request, socket } = message as { request: object; socket: Socket };
-  if (socket.localPort === undefined) return;
-  const sent: SentRequest = { localPort: socket.localPort, headersAt: clock() };
-  sending.set(request, sent);
-  requests.push(sent);
-});
-subscribe('undici:request:bodySent', (message) => {
-  const sent = sending.get((message as { request: object }).request);
-  if (sent) sent.sentAt = clock();
+// The agent and ElevenLabs clients use node:http (src/http-client/http-exchange.ts),
+// which writes a request, headers and body together, right after handing it its
+// socket (`socket`), or once a new connection is up. `finish` would be too late: it
+// waits for the write's callback, by which time the fake may have read the request.
+subscribe('http.client.request.created', (message) => {
+  const { request } = message as { request: ClientRequest };
+  request.once('socket', (socket: Socket) => {
+    const stamp = (): void => {
+      if (socket.localPort === undefined) return;
+      const at = clock();
+      requests.push({ localPort: socket.localPort, headersAt: at, sentAt: at });
+    };
+    if (socket.connecting) socket.once('connect', stamp);
+    else stamp();
+  });
 });
 
 const SCHEDSTAT = `/proc/self/task/${process.pid}/schedstat`;

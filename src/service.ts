@@ -11,6 +11,7 @@ import { createLocalAgent } from './agent/local-agent.ts';
 import type { Config } from './config.ts';
 import { CallEngine, phraseAudioPath } from './engine/call-engine.ts';
 import { buildApp, type App } from './http/app.ts';
+import { HttpClient } from './http-client/http-exchange.ts';
 import { createAudioUrlSigner } from './speech/audio-url.ts';
 import { createElevenLabsSpeech } from './speech/elevenlabs.ts';
 import { VoiceLibrary } from './speech/voice-library.ts';
@@ -31,20 +32,20 @@ export interface Service {
 
 export interface ServiceOverrides {
   now?: () => number;
-  fetch?: typeof globalThis.fetch;
   store?: CallStore;
 }
 
 export async function createService(config: Config, log: Logger, overrides: ServiceOverrides = {}): Promise<Service> {
   const now = overrides.now ?? Date.now;
   const store = overrides.store ?? (await openStore(config));
-  const fetchImpl = overrides.fetch ?? globalThis.fetch;
+  // One keep-alive pool for the agent and ElevenLabs.
+  const http = new HttpClient();
   const agent = config.agentUri
-    ? createAgentClient({ baseUrl: config.agentUri, fetch: fetchImpl, totalTimeoutMs: config.agentTimeoutMs })
+    ? createAgentClient({ baseUrl: config.agentUri, http, totalTimeoutMs: config.agentTimeoutMs })
     : createLocalAgent();
   const voice = config.elevenLabs
     ? new VoiceLibrary({
-        speech: createElevenLabsSpeech({ ...config.elevenLabs, fetch: fetchImpl }),
+        speech: createElevenLabsSpeech({ ...config.elevenLabs, http }),
         voiceKey: `${config.elevenLabs.voiceId}|${config.elevenLabs.modelId}|${config.elevenLabs.outputFormat}`,
       })
     : undefined;
@@ -99,6 +100,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     async close() {
       await app.close();
       engine.stop();
+      http.close();
       await store.close();
     },
   };

@@ -11,14 +11,15 @@
  * @see https://github.com/rexxars/eventsource-parser#usage
  */
 import { createParser, type EventSourceMessage, type ParseError } from 'eventsource-parser';
-import { readBodyPrefix } from '../http-client/body-prefix.ts';
+import { HttpClient, readBodyPrefix, type HttpAnswer } from '../http-client/http-exchange.ts';
 import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 import { AgentError, type Agent, type AgentRequest } from './agent.ts';
 
 export interface AgentClientOptions {
   /** KOOZIE_AGENT_URI; the client posts to `${baseUrl}/chat`. */
   baseUrl: string;
-  fetch?: typeof globalThis.fetch;
+  /** The connection pool to use; the service shares one between its outside services. */
+  http?: HttpClient;
   /** How long the caller may sit in silence before this agent is given up on. */
   firstChunkTimeoutMs?: number;
   /** Upper bound for the whole answer, however steadily it trickles in. */
@@ -31,12 +32,15 @@ const MAX_EXCERPT_CHARS = 200;
 const MAX_SSE_BUFFER_CHARS = 1_000_000;
 
 export function createAgentClient(options: AgentClientOptions): Agent {
-  const { fetch = globalThis.fetch, firstChunkTimeoutMs = 8000, totalTimeoutMs = 20000 } = options;
-  const chatUrl = `${options.baseUrl.replace(/\/+$/, '')}/chat`;
+  const { http = new HttpClient(), firstChunkTimeoutMs = 8000, totalTimeoutMs = 20000 } = options;
   // Parsed once so a wrong KOOZIE_AGENT_URI fails at boot, not on the first call.
   // Messages name only the host: the URI may carry credentials.
-  const agentHost = new URL(chatUrl).host;
-  const settings: ReplySettings = { fetch, chatUrl, agentHost, firstChunkTimeoutMs, totalTimeoutMs };
+  const chatUrl = new URL(`${options.baseUrl.replace(/\/+$/, '')}/chat`);
+  if (chatUrl.protocol !== 'http:' && chatUrl.protocol !== 'https:') {
+    throw new TypeError(`the agent URI must be http or https, not ${chatUrl.protocol}`);
+  }
+  const agentHost = chatUrl.host;
+  const settings: ReplySettings = { http, chatUrl, agentHost, firstChunkTimeoutMs, totalTimeoutMs };
   return {
     kind: 'remote',
     reply: (request, signal) => streamReply(settings, request, signal),
@@ -44,8 +48,8 @@ export function createAgentClient(options: AgentClientOptions): Agent {
 }
 
 interface ReplySettings {
-  fetch: typeof globalThis.fetch;
-  chatUrl: string;
+  http: HttpClient;
+  chatUrl: URL;
   agentHost: string;
   firstChunkTimeoutMs: number;
   totalTimeoutMs: number;
@@ -58,8 +62,9 @@ async function* streamReply(
 ): AsyncGenerator<string, void, undefined> {
   const { firstChunkTimeoutMs, totalTimeoutMs, agentHost } = settings;
   // One signal for the request: the caller's, the two deadlines, and our own release
-  // in `finally` (frees the connection when the consumer stops reading early or the
-  // agent keeps the stream open after `[DONE]`).
+  // in `finally` (closes the connection when the consumer stops reading early or the
+  // agent keeps the stream open after `[DONE]`). Aborting it destroys the answer,
+  // so a pending read ends at once.
   const link = new LinkedAbort([callerSignal]);
   const signal = link.signal;
   const stopped = (): AgentError => {
@@ -74,35 +79,27 @@ async function* streamReply(
   }
   const cancelFirstChunkDeadline = link.deadline(firstChunkTimeoutMs, `no text from the agent at ${agentHost} within ${firstChunkTimeoutMs} ms`);
   link.deadline(totalTimeoutMs, `the agent at ${agentHost} did not finish within ${totalTimeoutMs} ms`);
-  // `fetch` aborts the body when `signal` fires, but a `fetch` passed in may not:
-  // cancelling the reader as well guarantees a pending `read()` returns.
-  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-  const cancelRead = (): void => {
-    reader?.cancel().catch(() => {});
-  };
-  signal.addEventListener('abort', cancelRead, { once: true });
-
   try {
-    let response: Response;
+    let response: HttpAnswer;
     try {
-      response = await settings.fetch(settings.chatUrl, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', accept: 'text/event-stream' },
+      response = await settings.http.post(
+        settings.chatUrl,
+        { 'content-type': 'application/json', accept: 'text/event-stream' },
         // `session_id` as well as `callSid`: agents built on common chat servers key memory on it.
-        body: JSON.stringify({
+        JSON.stringify({
           message: request.message,
           history: request.history,
           callSid: request.callSid,
           session_id: request.callSid,
         }),
         signal,
-      });
+      );
     } catch (error) {
       if (signal.aborted) throw stopped();
       throw new AgentError('unreachable', `could not reach the agent at ${agentHost}`, { cause: error });
     }
 
-    if (!response.ok) {
+    if (response.status < 200 || response.status > 299) {
       const excerpt = await readExcerpt(response);
       throw new AgentError(
         'status',
@@ -112,18 +109,16 @@ async function* streamReply(
     }
     // A missing content type is tolerated (the events still parse); a different one
     // means this is not the endpoint we think it is, which "empty" would hide.
-    const contentType = response.headers.get('content-type');
-    if (contentType !== null && !contentType.toLowerCase().startsWith('text/event-stream')) {
+    const contentType = response.headers['content-type'];
+    if (contentType !== undefined && !contentType.toLowerCase().startsWith('text/event-stream')) {
       const excerpt = await readExcerpt(response);
       throw new AgentError('malformed', `the agent at ${agentHost} answered ${contentType}, not text/event-stream: ${excerpt}`, {
         status: response.status,
       });
     }
-    if (response.body === null) {
-      throw new AgentError('empty', `the agent at ${agentHost} answered without a body`, { status: response.status });
-    }
     if (signal.aborted) throw stopped();
-    reader = response.body.getReader();
+    const body = response.body;
+    body.setEncoding('utf8'); // decodes across chunk boundaries
 
     const events: EventSourceMessage[] = [];
     let parseFailure: ParseError | undefined;
@@ -136,50 +131,44 @@ async function* streamReply(
       },
       maxBufferSize: MAX_SSE_BUFFER_CHARS,
     });
-    const decoder = new TextDecoder();
     let spokeAtAll = false;
-
-    for (;;) {
-      let read: ReadableStreamReadResult<Uint8Array>;
-      try {
-        read = await reader.read();
-      } catch (error) {
+    try {
+      for await (const data of body as AsyncIterable<string>) {
         if (signal.aborted) throw stopped();
-        // The connection dropped mid-answer. Once there is text, that text stands as
-        // the answer (`broken`: the caller hears it rather than an apology, and the
-        // turn records that it was cut). Before any text, it is a failure.
-        if (spokeAtAll) {
-          throw new AgentError('broken', `the connection to the agent at ${agentHost} broke mid-answer`, { cause: error });
+        parser.feed(data);
+        if (parseFailure !== undefined) {
+          throw new AgentError('malformed', `the agent at ${agentHost} sent an event larger than ${MAX_SSE_BUFFER_CHARS} characters`, {
+            cause: parseFailure,
+          });
         }
-        throw new AgentError('unreachable', `the connection to the agent at ${agentHost} broke before any text`, {
-          cause: error,
-        });
+        for (const event of events.splice(0)) {
+          const chunk = readChunk(event.data, agentHost);
+          if (chunk.kind === 'done') {
+            if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} finished without any text`);
+            return;
+          }
+          if (chunk.kind === 'text' && chunk.text !== '') {
+            cancelFirstChunkDeadline();
+            spokeAtAll = true;
+            yield chunk.text;
+          }
+        }
       }
+    } catch (error) {
+      if (error instanceof AgentError) throw error;
       if (signal.aborted) throw stopped();
-      parser.feed(read.done ? decoder.decode() : decoder.decode(read.value, { stream: true }));
-      if (parseFailure !== undefined) {
-        throw new AgentError('malformed', `the agent at ${agentHost} sent an event larger than ${MAX_SSE_BUFFER_CHARS} characters`, {
-          cause: parseFailure,
-        });
+      // The connection dropped mid-answer. Once there is text, that text stands as
+      // the answer (`broken`: the caller hears it rather than an apology, and the
+      // turn records that it was cut). Before any text, it is a failure.
+      if (spokeAtAll) {
+        throw new AgentError('broken', `the connection to the agent at ${agentHost} broke mid-answer`, { cause: error });
       }
-      for (const event of events.splice(0)) {
-        const chunk = readChunk(event.data, agentHost);
-        if (chunk.kind === 'done') {
-          if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} finished without any text`);
-          return;
-        }
-        if (chunk.kind === 'text' && chunk.text !== '') {
-          cancelFirstChunkDeadline();
-          spokeAtAll = true;
-          yield chunk.text;
-        }
-      }
-      if (read.done) break;
+      throw new AgentError('unreachable', `the connection to the agent at ${agentHost} broke before any text`, {
+        cause: error,
+      });
     }
     if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} closed the stream without any text`);
   } finally {
-    signal.removeEventListener('abort', cancelRead);
-    cancelRead();
     link.abort();
   }
 }
@@ -210,8 +199,8 @@ function readChunk(data: string, agentHost: string): Chunk {
 }
 
 /** The start of an error body, read no further than needed; empty if it cannot be read. */
-async function readExcerpt(response: Response): Promise<string> {
-  return excerptOf(await readBodyPrefix(response, MAX_EXCERPT_CHARS + 1));
+async function readExcerpt(response: HttpAnswer): Promise<string> {
+  return excerptOf(await readBodyPrefix(response.body, MAX_EXCERPT_CHARS + 1));
 }
 
 function excerptOf(text: string): string {

@@ -11,8 +11,9 @@
  * @see https://help.elevenlabs.io/hc/en-us/articles/19571824571921-API-Error-Code-429
  * @see https://www.twilio.com/docs/voice/twiml/play#supported-audio-file-types
  */
+import type { IncomingMessage } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { readBodyPrefix } from '../http-client/body-prefix.ts';
+import { HttpClient, readBodyPrefix, type HttpAnswer } from '../http-client/http-exchange.ts';
 import { SpeechError, type Speech, type SpeechRequest, type SynthesisedAudio } from './speech.ts';
 import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 
@@ -27,7 +28,8 @@ export interface ElevenLabsOptions {
    * refused at construction: Twilio's <Play> cannot play them.
    */
   outputFormat?: string;
-  fetch?: typeof globalThis.fetch;
+  /** The connection pool to use; the service shares one between its outside services. */
+  http?: HttpClient;
   /** The whole synthesis, retries and pauses included. */
   timeoutMs?: number;
 }
@@ -61,32 +63,33 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
     baseUrl = 'https://api.elevenlabs.io',
     modelId = 'eleven_flash_v2_5',
     outputFormat = 'mp3_44100_128',
-    fetch = globalThis.fetch,
+    http = new HttpClient(),
     timeoutMs = 8000,
   } = options;
   const isMulaw = outputFormat === 'ulaw_8000';
   if (!isMulaw && !outputFormat.startsWith('mp3_')) {
     throw new TypeError(`ElevenLabs output format ${outputFormat} cannot be played by Twilio; use an mp3_* format or ulaw_8000`);
   }
-  const url = `${baseUrl.replace(/\/+$/, '')}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${encodeURIComponent(outputFormat)}`;
+  const url = new URL(`${baseUrl.replace(/\/+$/, '')}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${encodeURIComponent(outputFormat)}`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`the ElevenLabs URL must be http or https, not ${url.protocol}`);
   // ElevenLabs' messages do not echo the key today; this keeps it that way if they ever do.
   const redact = (text: string): string => (apiKey === '' ? text : text.replaceAll(apiKey, '[redacted]'));
 
   async function requestAudio(request: SpeechRequest, signal: AbortSignal, stopped: () => SpeechError): Promise<SynthesisedAudio> {
-    let response: Response;
+    let response: HttpAnswer;
     try {
-      response = await fetch(url, {
-        method: 'POST',
-        headers: { 'xi-api-key': apiKey, 'content-type': 'application/json' },
+      response = await http.post(
+        url,
+        { 'xi-api-key': apiKey, 'content-type': 'application/json' },
         // previous_text / next_text let separately synthesised sentences keep one intonation.
-        body: JSON.stringify({
+        JSON.stringify({
           text: request.text,
           model_id: modelId,
           previous_text: request.previousText,
           next_text: request.nextText,
         }),
         signal,
-      });
+      );
     } catch (error) {
       if (signal.aborted) throw stopped();
       throw new SpeechError('could not reach ElevenLabs', { cause: error });
@@ -95,11 +98,11 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
 
     // The status is checked before any byte is taken as audio: ElevenLabs reports
     // errors as JSON bodies that must never reach the caller's ear.
-    if (!response.ok) {
+    if (status < 200 || status > 299) {
       const { detail, message } = parseError(await readErrorBody(response));
       throw new SpeechError(redact(`ElevenLabs answered HTTP ${status}${describe(detail, message)}`), { status, detail });
     }
-    const contentType = (response.headers.get('content-type') ?? '').toLowerCase();
+    const contentType = (response.headers['content-type'] ?? '').toLowerCase();
     if (!contentType.startsWith('audio/') && !contentType.startsWith('application/octet-stream')) {
       const { detail, message } = parseError(await readErrorBody(response));
       throw new SpeechError(
@@ -107,8 +110,6 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
         { status, detail },
       );
     }
-    if (response.body === null) throw new SpeechError('ElevenLabs sent no audio body', { status });
-
     const bytes = await readAll(response.body, signal, stopped, status);
     if (bytes.length === 0) throw new SpeechError('ElevenLabs sent an empty audio body', { status });
     return isMulaw ? { contentType: 'audio/wav', bytes: wavFromMulaw(bytes) } : { contentType: 'audio/mpeg', bytes };
@@ -178,34 +179,21 @@ export function wavFromMulaw(bytes: Buffer): Buffer {
   return unpooledConcat([header, bytes, Buffer.alloc(pad)]);
 }
 
-/**
- * The whole body. A body that breaks off is an error, never short audio. Cancelling
- * the reader on abort makes sure a pending `read()` returns even with a `fetch`
- * that does not abort bodies itself.
- */
-async function readAll(body: ReadableStream<Uint8Array>, signal: AbortSignal, stopped: () => SpeechError, status: number): Promise<Buffer> {
-  const reader = body.getReader();
-  const cancel = (): void => {
-    reader.cancel().catch(() => {});
-  };
-  signal.addEventListener('abort', cancel, { once: true });
-  const chunks: Uint8Array[] = [];
+/** The whole body. A body that breaks off is an error, never short audio; aborting `signal` destroys it, so a pending read ends at once. */
+async function readAll(body: IncomingMessage, signal: AbortSignal, stopped: () => SpeechError, status: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
   try {
-    for (;;) {
-      let read: ReadableStreamReadResult<Uint8Array>;
-      try {
-        read = await reader.read();
-      } catch (error) {
-        if (signal.aborted) throw stopped();
-        throw new SpeechError('the audio from ElevenLabs broke off before the end', { cause: error, status });
-      }
+    for await (const chunk of body as AsyncIterable<Buffer>) {
       if (signal.aborted) throw stopped();
-      if (read.done) return unpooledConcat(chunks);
-      chunks.push(read.value);
+      chunks.push(chunk);
     }
-  } finally {
-    signal.removeEventListener('abort', cancel);
+  } catch (error) {
+    if (error instanceof SpeechError) throw error;
+    if (signal.aborted) throw stopped();
+    throw new SpeechError('the audio from ElevenLabs broke off before the end', { cause: error, status });
   }
+  if (signal.aborted) throw stopped();
+  return unpooledConcat(chunks);
 }
 
 /**
@@ -226,8 +214,8 @@ export function unpooledConcat(chunks: readonly Uint8Array[]): Buffer {
 }
 
 /** An error body, as far as it is worth reading; empty if it cannot be read. */
-function readErrorBody(response: Response): Promise<string> {
-  return readBodyPrefix(response, MAX_ERROR_BODY_CHARS);
+function readErrorBody(response: HttpAnswer): Promise<string> {
+  return readBodyPrefix(response.body, MAX_ERROR_BODY_CHARS);
 }
 
 /**

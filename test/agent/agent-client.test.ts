@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentError, type AgentRequest } from '../../src/agent/agent.ts';
 import { createAgentClient } from '../../src/agent/agent-client.ts';
 import { startFakeAgent, type FakeAgent } from '../fakes/agent-server.ts';
@@ -64,20 +64,13 @@ describe('remote agent client', () => {
   });
 
   it('posts the message, the history and the call sid as JSON, asking for an event stream', async () => {
-    const seen: RequestInit[] = [];
-    const client = createAgentClient({
-      baseUrl: `${agent.url}/`,
-      fetch: (input, init) => {
-        seen.push(init ?? {});
-        return globalThis.fetch(input, init);
-      },
-    });
+    const client = createAgentClient({ baseUrl: `${agent.url}/` });
     await collect(client.reply(request, AbortSignal.timeout(5000)));
     expect(agent.requests).toEqual([
       { message: request.message, history: request.history, callSid: 'CA0001', session_id: 'CA0001' },
     ]);
-    expect(new Headers(seen[0]?.headers).get('accept')).toBe('text/event-stream');
-    expect(seen[0]?.method).toBe('POST');
+    expect(agent.headers[0]?.accept).toBe('text/event-stream');
+    expect(agent.headers[0]?.['content-type']).toBe('application/json');
   });
 
   it('skips events without text and stops at [DONE] even if the agent keeps the stream open', async () => {
@@ -123,18 +116,28 @@ describe('remote agent client', () => {
     expect(Date.now() - started).toBeLessThan(900);
   });
 
-  it('still stops at the total timeout with a fetch that ignores the abort signal', async () => {
+  it('hangs up on an agent that stalls, leaving no connection open', async () => {
     agent.setBehaviour({ kind: 'hang-after-first-chunk' });
-    const client = createAgentClient({
-      baseUrl: agent.url,
-      ...fastTimeouts,
-      fetch: (input, init) => globalThis.fetch(input, { ...init, signal: null }),
-    });
-    const started = Date.now();
-    const { error, received } = await failureOf(client.reply(request, AbortSignal.timeout(5000)));
-    expect(received).toEqual(['Agent heard: ']);
+    const client = createAgentClient({ baseUrl: agent.url, ...fastTimeouts });
+    const { error } = await failureOf(client.reply(request, AbortSignal.timeout(5000)));
     expect(error.failure).toBe('timeout');
-    expect(Date.now() - started).toBeLessThan(900);
+    await vi.waitFor(() => expect(agent.hungUp()).toBe(1), { timeout: 1000 });
+  });
+
+  it('hangs up when the turn stops listening early, and reuses the connection after a finished answer', async () => {
+    agent.setBehaviour({ kind: 'reply', chunkDelayMs: 50 });
+    const client = createAgentClient({ baseUrl: agent.url });
+    for await (const chunk of client.reply(request, AbortSignal.timeout(5000))) {
+      expect(chunk).toBe('Agent heard: ');
+      break;
+    }
+    await vi.waitFor(() => expect(agent.hungUp()).toBe(1), { timeout: 1000 });
+    agent.setBehaviour({ kind: 'reply' });
+    await collect(client.reply(request, AbortSignal.timeout(5000)));
+    await collect(client.reply(request, AbortSignal.timeout(5000)));
+    expect(agent.hungUp()).toBe(1);
+    // The connection hung up on is gone; the two finished answers shared one.
+    expect(agent.connections()).toBe(2);
   });
 
   it('fails as malformed on an event that is not JSON', async () => {

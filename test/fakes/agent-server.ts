@@ -7,7 +7,7 @@
  * @see ../../src/agent/agent-client.ts
  * @see https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
 import { readBody, startLoopbackServer } from './loopback-server.ts';
 
@@ -51,6 +51,12 @@ export interface FakeAgent {
   url: string;
   /** Every parsed JSON body received, in order. */
   requests: FakeAgentRequest[];
+  /** The headers of every request received, in order. */
+  headers: IncomingHttpHeaders[];
+  /** How many answers the client hung up on before the agent had finished them. */
+  hungUp(): number;
+  /** How many connections the client has opened so far. */
+  connections(): number;
   /** Every `text` sent so far, in order, across requests: lets a test see what the agent had sent when. */
   sentChunks: string[];
   setBehaviour(behaviour: FakeAgentScript): void;
@@ -65,7 +71,9 @@ export function defaultAnswer(request: FakeAgentRequest): string {
 export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = {}): Promise<FakeAgent> {
   let script: FakeAgentScript = options.behaviour ?? { kind: 'reply' };
   const requests: FakeAgentRequest[] = [];
+  const headers: IncomingHttpHeaders[] = [];
   const sentChunks: string[] = [];
+  let hungUp = 0;
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (req.method !== 'POST' || req.url !== '/chat') {
@@ -80,6 +88,10 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
       return;
     }
     requests.push(request);
+    headers.push(req.headers);
+    res.once('close', () => {
+      if (!res.writableFinished) hungUp += 1;
+    });
     const behaviour = typeof script === 'function' ? script(request) : script;
     const live = (): boolean => !res.destroyed;
     const startStream = (): void => {
@@ -153,6 +165,9 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
   return {
     url: server.url,
     requests,
+    headers,
+    hungUp: () => hungUp,
+    connections: () => server.connections(),
     sentChunks,
     setBehaviour(behaviour) {
       script = behaviour;

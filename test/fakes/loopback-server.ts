@@ -13,6 +13,8 @@ import type { AddressInfo } from 'node:net';
 export interface LoopbackServer {
   /** `http://127.0.0.1:<port>`. */
   url: string;
+  /** How many connections clients have opened so far. */
+  connections(): number;
   /** Stops listening and destroys open connections, hanging ones included. */
   close(): Promise<void>;
 }
@@ -21,10 +23,15 @@ export async function startLoopbackServer(handle: (req: IncomingMessage, res: Se
   const server = createServer((req, res) => {
     handle(req, res).catch(() => res.destroy());
   });
+  let connections = 0;
+  server.on('connection', () => {
+    connections += 1;
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
+    connections: () => connections,
     close() {
       return new Promise<void>((resolve) => {
         server.close(() => resolve());
