@@ -5,11 +5,13 @@
  *
  * Not `fetch`: every caller's turn makes one agent request and a few ElevenLabs
  * requests on its critical path, and the agent's answer arrives as dozens of small
- * SSE chunks. Measured on loopback against `fetch` (Node 24's undici, the same
- * keep-alive pooling), `node:http` took half the time from the call to the answer
- * (p50 0.42-0.48 ms against 0.84-0.96 ms, p99 0.9-1.4 against 3.0-6.2 ms) and 40 %
- * less CPU per SSE chunk (29 µs against 42-47 µs, 200 streams at once): fetch's
- * web streams add promises and allocations to every chunk (docs/performance.md).
+ * SSE chunks. Measured on loopback against `fetch` (Node 24's undici, also
+ * keep-alive), `node bench/http-client.ts`: `node:http` took about half the time
+ * from the call to the answer read (p50 0.34-0.37 ms against 0.62-0.64 ms, p99
+ * 1.0-1.4 against 3.1-4.8 ms) and 40 % less CPU per SSE chunk (22-25 µs against
+ * 41 µs, 200 streams at once): fetch's web streams add promises and allocations
+ * to every chunk. In the service, CPU per turn fell from 12.0 to 7.3 ms
+ * (docs/performance.md).
  *
  * A request that was written on a reused keep-alive connection the server had
  * just closed fails with ECONNRESET before any answer: it is sent once more on a
