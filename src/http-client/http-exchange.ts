@@ -16,7 +16,8 @@
  * A request that was written on a reused keep-alive connection the server had
  * just closed fails with ECONNRESET before any answer: it is sent once more on a
  * new connection, as Node's documentation recommends (`request.reusedSocket`).
- * Nothing else is retried here.
+ * Nothing else is retried here. Redirects are not followed (a POST should not
+ * be): a 3xx is reported as the status it is, so the operator sets the final URL.
  *
  * @see https://nodejs.org/api/http.html#requestreusedsocket
  */
