@@ -33,7 +33,7 @@
  * Figures and how to read them: docs/performance.md.
  */
 import { writeFileSync } from 'node:fs';
-import { cpus, loadavg } from 'node:os';
+import { cpus, loadavg, setPriority } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { runCalls, runTurnsFor, type CallsResult, type TurnTiming } from './calls.ts';
@@ -74,6 +74,8 @@ const { values: args } = parseArgs({
     'service-cpus': { type: 'string', default: '' },
     /** Calls start spread over this long; default 20 ms per call, at most 3 s. */
     'ramp-ms': { type: 'string' },
+    /** With `--phases load` only: the callers and the fakes run at this niceness, the service at its own. */
+    'others-nice': { type: 'string', default: '0' },
     'store-rounds': { type: 'string', default: '15' },
   },
 });
@@ -92,6 +94,11 @@ const latency: FakesLatency = {
   outputFormat: args.format!,
 };
 const phases = new Set(args.phases!.split(','));
+const othersNice = num('others-nice');
+if (!Number.isInteger(othersNice) || othersNice > 19) throw new Error(`--others-nice must be a whole number from 0 to 19, got ${args['others-nice']}`);
+// A process cannot raise its priority back, and every service started later would
+// inherit the lower one: so only for a run of the load phase alone.
+if (othersNice > 0 && (phases.size !== 1 || !phases.has('load'))) throw new Error('--others-nice applies to `--phases load` alone');
 const modes = args.modes!.split(',') as Array<'pieces' | 'whole'>;
 const report: Record<string, unknown> = { latency, args };
 let nextCallIndex = 0;
@@ -160,6 +167,12 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
       active = { type: 'probe', heapUsed: 0, rss: 0, arrayBuffers: 0, loopDelayMs: { p50: 0, p99: 0, max: 0 }, gc: { count: 0, totalMs: 0, maxMs: 0, over5Ms: 0 } };
       setTimeout(() => void service.probe({ gc: true, reset: false }).then((reply) => (active = reply)), 3_000);
     }, 100);
+    if (othersNice > 0) {
+      // The service is running: from here on the callers (this thread) and the fakes
+      // yield the CPU to it, as they would if they ran on other machines.
+      setPriority(fakes.pid, othersNice);
+      setPriority(othersNice);
+    }
     const firstCallIndex = nextCallIndex;
     nextCallIndex += calls;
     let result: CallsResult;
@@ -347,6 +360,7 @@ async function loadPhase() {
       `other work on the machine ${share(Math.max(0, others))} (the ${cpus().length} cores ${((cpuShares.machine / cpuShares.machineTotal) * 100).toFixed(0)}% busy); ` +
       `the service's main thread was ready but waiting for a CPU ${fmt(serviceCpuWaitMs)} ms in all (held by other processes or by its own GC and compiler threads)`,
   );
+  if (othersNice > 0) console.log(`  the callers and the fakes ran at nice ${othersNice}, the service at its own priority (--others-nice)`);
   if (memory) {
     const perCall = (memory.active.heapUsed + memory.active.arrayBuffers - memory.idle.heapUsed - memory.idle.arrayBuffers) / memory.calls;
     console.log(
@@ -360,6 +374,7 @@ async function loadPhase() {
   }
   report.load = {
     calls,
+    othersNice,
     overheadMs: stats(byKind().map((w) => w.overheadMs)),
     overheadByRouteMs: Object.fromEntries(routes.map((r) => [r, stats(byRoute(r))])),
     overheadByKind: Object.fromEntries(['answer', 'hold', 'plain'].map((k) => [k, stats(byKind(k).map((w) => w.overheadMs))])),
