@@ -301,10 +301,11 @@ export const callMachine = setup({
     applyVoice: assign(({ context, event }) => {
       const output = (event as unknown as { output: VoiceOutput }).output;
       if (context.prompt.kind === 'reply') return voicedReply(context, output);
+      // A fixed phrase: nothing of a turn to record.
       const prompt: Prompt = { ...context.prompt };
       if (output.audio) prompt.audio = output.audio;
       else delete prompt.audio;
-      return { prompt, turns: voicedTurn(context, output.audio ? 'audio' : 'say', output.at) };
+      return { prompt };
     }),
     storeWritten: assign(({ context, event }) => {
       const output = (event as unknown as { output: WrittenReply }).output;
@@ -316,9 +317,9 @@ export const callMachine = setup({
     }),
     applyVoiceFailure: assign(({ context, event }) => {
       const lastError = `speech: ${errorMessage((event as unknown as { error: unknown }).error)}`;
-      const at = timeOf(event) ?? lastTime(context);
       // The phone reads what could not be voiced: the reply's pieces the actor names, else the prompt's text.
       if (context.prompt.kind === 'reply') {
+        const at = timeOf(event) ?? lastTime(context);
         const failure = (event as unknown as { error: unknown }).error as Partial<VoiceFailure> | undefined;
         const output: VoiceOutput = { at, pieces: failure?.pieces ?? (context.prompt.text ? [{ text: context.prompt.text }] : []) };
         if (failure?.agentCompleteAt !== undefined) output.agentCompleteAt = failure.agentCompleteAt;
@@ -327,7 +328,7 @@ export const callMachine = setup({
       }
       const prompt: Prompt = { ...context.prompt };
       delete prompt.audio;
-      return { prompt, lastError, turns: voicedTurn(context, 'say', at) };
+      return { prompt, lastError };
     }),
   },
 }).createMachine({
@@ -572,12 +573,6 @@ function voicedReply(context: CallContext, output: VoiceOutput): Partial<CallCon
   }
   patch.turns = [...context.turns.slice(0, -1), updated];
   return patch;
-}
-
-function voicedTurn(context: CallContext, voicedBy: 'audio' | 'say', at: number): Turn[] {
-  const turn = context.turns.at(-1);
-  if (!turn || context.prompt.key !== `t${turn.index}`) return context.turns;
-  return updateLastTurn(context.turns, { voicedBy, speechMs: at - (turn.startedAt + (turn.agentCompleteMs ?? 0)), totalMs: at - turn.startedAt });
 }
 
 export function stateName(value: unknown): string {
