@@ -62,7 +62,7 @@ type Speaker = Pick<VoiceResponse, 'say' | 'play'>;
 export function renderCallTwiml(view: CallView, options: RenderOptions): string {
   const response = new VoiceResponse();
   if (view.hold) {
-    hold(response, view, options, view.hold.continuing);
+    hold(response, view, options);
     return response.toString();
   }
   switch (view.state) {
@@ -89,7 +89,7 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
       response.hangup();
       break;
     default:
-      hold(response, view, options, false);
+      hold(response, view, options);
   }
   return response.toString();
 }
@@ -130,8 +130,13 @@ function say(into: Speaker, raw: string, options: RenderOptions) {
   else into.say(text);
 }
 
-/** The first hold of a wait says the hold phrase; later ones, and any hold once the caller hears the reply, pause. */
-function hold(response: VoiceResponse, view: CallView, options: RenderOptions, continuing: boolean) {
+/**
+ * The first hold of a wait says the hold phrase; later ones, and any hold once the
+ * caller hears the reply, pause. A view held while a CONTINUE is still to be
+ * applied keeps asking for it.
+ */
+function hold(response: VoiceResponse, view: CallView, options: RenderOptions) {
+  const continuing = view.hold?.continuing === true;
   if (view.context.holds <= 1 && !replyUnderWay(view)) {
     if (options.holdAudio) response.play(options.baseUrl + options.signAudio(options.holdAudio));
     else say(response, PHRASES.hold, options);
