@@ -3,16 +3,17 @@
  * servers: keep-alive reuse, the one retry on a reused connection the server had
  * dropped, and aborts that end a pending read at once.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HttpClient, readBodyPrefix } from '../../src/http-client/http-exchange.ts';
+import { readBody, startLoopbackServer, type LoopbackServer } from '../fakes/loopback-server.ts';
 
-interface TestServer {
-  url: URL;
-  connections: number;
-  requests: number;
-  close(): Promise<void>;
+interface TestServer extends LoopbackServer {
+  /** Where to post. */
+  target: URL;
+  /** Requests received so far. */
+  requests(): number;
 }
 
 const open: Array<{ close(): Promise<void> }> = [];
@@ -20,30 +21,18 @@ afterEach(async () => {
   for (const server of open.splice(0)) await server.close();
 });
 
+/** A loopback server whose handler also learns which request of its connection this is. */
 async function serve(handle: (req: IncomingMessage, res: ServerResponse, requestOnConnection: number) => void): Promise<TestServer> {
   const perSocket = new WeakMap<Socket, number>();
-  const server: Server = createServer((req, res) => {
+  let requests = 0;
+  const server = await startLoopbackServer(async (req, res) => {
     const n = (perSocket.get(req.socket) ?? 0) + 1;
     perSocket.set(req.socket, n);
-    state.requests += 1;
-    req.resume();
-    req.on('end', () => handle(req, res, n));
+    requests += 1;
+    await readBody(req);
+    handle(req, res, n);
   });
-  server.keepAliveTimeout = 60_000;
-  server.on('connection', () => {
-    state.connections += 1;
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const state: TestServer = {
-    url: new URL(`http://127.0.0.1:${(server.address() as AddressInfo).port}/chat`),
-    connections: 0,
-    requests: 0,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+  const state: TestServer = { ...server, target: new URL(`${server.url}/chat`), requests: () => requests };
   open.push(state);
   return state;
 }
@@ -61,11 +50,11 @@ describe('HttpClient', () => {
     const client = new HttpClient();
     open.push({ close: async () => client.close() });
     for (let i = 0; i < 3; i++) {
-      const answer = await client.post(server.url, { 'content-type': 'application/json' }, '{"text":"héllo"}', AbortSignal.timeout(2000));
+      const answer = await client.post(server.target, { 'content-type': 'application/json' }, '{"text":"héllo"}', AbortSignal.timeout(2000));
       expect(answer.status).toBe(200);
       expect(await text(answer.body)).toBe('got 17');
     }
-    expect(server.connections).toBe(1);
+    expect(server.connections()).toBe(1);
   });
 
   it('sends a request again on a new connection when the server dropped the kept-alive one it was written on', async () => {
@@ -77,18 +66,18 @@ describe('HttpClient', () => {
     });
     const client = new HttpClient();
     open.push({ close: async () => client.close() });
-    expect(await text((await client.post(server.url, {}, 'one', AbortSignal.timeout(2000))).body)).toBe('ok');
-    expect(await text((await client.post(server.url, {}, 'two', AbortSignal.timeout(2000))).body)).toBe('ok');
-    expect(server.requests).toBe(3);
-    expect(server.connections).toBe(2);
+    expect(await text((await client.post(server.target, {}, 'one', AbortSignal.timeout(2000))).body)).toBe('ok');
+    expect(await text((await client.post(server.target, {}, 'two', AbortSignal.timeout(2000))).body)).toBe('ok');
+    expect(server.requests()).toBe(3);
+    expect(server.connections()).toBe(2);
   });
 
   it('does not send again when a fresh connection fails', async () => {
     const server = await serve((_req, res) => res.socket?.destroy());
     const client = new HttpClient();
     open.push({ close: async () => client.close() });
-    await expect(client.post(server.url, {}, 'one', AbortSignal.timeout(2000))).rejects.toMatchObject({ code: 'ECONNRESET' });
-    expect(server.requests).toBe(1);
+    await expect(client.post(server.target, {}, 'one', AbortSignal.timeout(2000))).rejects.toMatchObject({ code: 'ECONNRESET' });
+    expect(server.requests()).toBe(1);
   });
 
   it('ends a pending read of the answer with the abort reason, and closes that connection', async () => {
@@ -99,15 +88,15 @@ describe('HttpClient', () => {
     const client = new HttpClient();
     open.push({ close: async () => client.close() });
     const controller = new AbortController();
-    const answer = await client.post(server.url, {}, '{}', controller.signal);
+    const answer = await client.post(server.target, {}, '{}', controller.signal);
     const reading = text(answer.body);
     const reason = new DOMException('no complete answer within 100 ms', 'TimeoutError');
     setTimeout(() => controller.abort(reason), 50);
     await expect(reading).rejects.toBe(reason);
     // The next request cannot reuse the aborted connection.
-    const next = client.post(server.url, {}, '{}', AbortSignal.timeout(2000));
+    const next = client.post(server.target, {}, '{}', AbortSignal.timeout(2000));
     await next.then((a) => a.body.destroy());
-    expect(server.connections).toBe(2);
+    expect(server.connections()).toBe(2);
   });
 
   it('rejects at once with an already aborted signal, sending nothing', async () => {
@@ -115,8 +104,8 @@ describe('HttpClient', () => {
     const client = new HttpClient();
     open.push({ close: async () => client.close() });
     const reason = new Error('the caller hung up');
-    await expect(client.post(server.url, {}, '{}', AbortSignal.abort(reason))).rejects.toBe(reason);
-    expect(server.requests).toBe(0);
+    await expect(client.post(server.target, {}, '{}', AbortSignal.abort(reason))).rejects.toBe(reason);
+    expect(server.requests()).toBe(0);
   });
 
   it('reads no more of an error body than asked for', async () => {
@@ -129,7 +118,7 @@ describe('HttpClient', () => {
     });
     const client = new HttpClient();
     open.push({ close: async () => client.close() });
-    const answer = await client.post(server.url, {}, '{}', AbortSignal.timeout(2000));
+    const answer = await client.post(server.target, {}, '{}', AbortSignal.timeout(2000));
     const prefix = await readBodyPrefix(answer.body, 200);
     expect(prefix.length).toBeGreaterThanOrEqual(200);
     expect(prefix.length).toBeLessThanOrEqual(1000);
