@@ -22,6 +22,9 @@ export const FIRESTORE_EMULATOR_BIN =
 const PROJECT_ID = 'demo-heyai';
 const READY_LINE = 'Dev App Server is now running';
 const START_TIMEOUT_MS = 30_000;
+/** Starts tried on fresh ports when the chosen one is taken before the emulator binds it. */
+const START_ATTEMPTS = 3;
+const BIND_FAILURE = 'java.net.BindException';
 const STOP_GRACE_MS = 2_000;
 /** Enough of the emulator's output to explain a failed start. */
 const OUTPUT_KEPT = 16_000;
@@ -47,7 +50,20 @@ export async function startFirestoreEmulator(): Promise<FirestoreEmulator> {
         '(install the google-cloud-cli-firestore-emulator package, or `gcloud components install cloud-firestore-emulator`)',
     );
   }
-  const port = await freePort();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startOn(await freePort());
+    } catch (error) {
+      // The port was free when chosen but taken before the emulator bound it.
+      if (!(error instanceof PortTaken) || attempt >= START_ATTEMPTS) throw error;
+    }
+  }
+}
+
+/** The emulator failed to bind its port; another one may do. */
+class PortTaken extends Error {}
+
+async function startOn(port: number): Promise<FirestoreEmulator> {
   const host = `127.0.0.1:${port}`;
   const child = spawn(FIRESTORE_EMULATOR_BIN, ['start', '--host=127.0.0.1', `--port=${port}`], {
     detached: true,
@@ -95,7 +111,8 @@ export async function startFirestoreEmulator(): Promise<FirestoreEmulator> {
     child.stderr.on('data', onOutput);
     void exit.then(() => {
       clearTimeout(timer);
-      reject(new Error(`Firestore emulator exited (${exited}) before it was ready; output:\n${output}`));
+      const message = `Firestore emulator exited (${exited}) before it was ready; output:\n${output}`;
+      reject(output.includes(BIND_FAILURE) ? new PortTaken(message) : new Error(message));
     });
   });
 
