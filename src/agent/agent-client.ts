@@ -11,7 +11,7 @@
  * @see https://github.com/rexxars/eventsource-parser#usage
  */
 import { createParser, type EventSourceMessage, type ParseError } from 'eventsource-parser';
-import { HttpClient, readBodyPrefix, type HttpAnswer } from '../http-client/http-exchange.ts';
+import { HttpClient, httpUrl, readBodyPrefix, type HttpAnswer } from '../http-client/http-exchange.ts';
 import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 import { AgentError, type Agent, type AgentRequest } from './agent.ts';
 
@@ -35,10 +35,7 @@ export function createAgentClient(options: AgentClientOptions): Agent {
   const { http = new HttpClient(), firstChunkTimeoutMs = 8000, totalTimeoutMs = 20000 } = options;
   // Parsed once so a wrong KOOZIE_AGENT_URI fails at boot, not on the first call.
   // Messages name only the host: the URI may carry credentials.
-  const chatUrl = new URL(`${options.baseUrl.replace(/\/+$/, '')}/chat`);
-  if (chatUrl.protocol !== 'http:' && chatUrl.protocol !== 'https:') {
-    throw new TypeError(`the agent URI must be http or https, not ${chatUrl.protocol}`);
-  }
+  const chatUrl = httpUrl(`${options.baseUrl.replace(/\/+$/, '')}/chat`, 'the agent URI');
   const agentHost = chatUrl.host;
   const settings: ReplySettings = { http, chatUrl, agentHost, firstChunkTimeoutMs, totalTimeoutMs };
   return {

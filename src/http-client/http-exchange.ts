@@ -89,6 +89,17 @@ export class HttpClient {
   }
 }
 
+/**
+ * `text` as a URL this client can post to. For the clients to call when they are
+ * made, so that a wrong setting fails at boot rather than on a caller's turn.
+ * `what` names the setting in the message, e.g. "the agent URI".
+ */
+export function httpUrl(text: string, what: string): URL {
+  const url = new URL(text);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`${what} must be http or https, not ${url.protocol}`);
+  return url;
+}
+
 /** The error a reader sees when `signal` stopped the exchange: its reason when that is an error. */
 function abortError(signal: AbortSignal): Error {
   const reason: unknown = signal.reason;

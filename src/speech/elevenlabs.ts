@@ -13,7 +13,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HttpClient, readBodyPrefix, type HttpAnswer } from '../http-client/http-exchange.ts';
+import { HttpClient, httpUrl, readBodyPrefix, type HttpAnswer } from '../http-client/http-exchange.ts';
 import { SpeechError, type Speech, type SpeechRequest, type SynthesisedAudio } from './speech.ts';
 import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 
@@ -70,8 +70,10 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
   if (!isMulaw && !outputFormat.startsWith('mp3_')) {
     throw new TypeError(`ElevenLabs output format ${outputFormat} cannot be played by Twilio; use an mp3_* format or ulaw_8000`);
   }
-  const url = new URL(`${baseUrl.replace(/\/+$/, '')}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${encodeURIComponent(outputFormat)}`);
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`the ElevenLabs URL must be http or https, not ${url.protocol}`);
+  const url = httpUrl(
+    `${baseUrl.replace(/\/+$/, '')}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${encodeURIComponent(outputFormat)}`,
+    'the ElevenLabs URL',
+  );
   // ElevenLabs' messages do not echo the key today; this keeps it that way if they ever do.
   const redact = (text: string): string => (apiKey === '' ? text : text.replaceAll(apiKey, '[redacted]'));
 

@@ -42,6 +42,11 @@ async function failureOf(chunks: AsyncIterable<string>): Promise<{ error: AgentE
 const fastTimeouts = { firstChunkTimeoutMs: 300, totalTimeoutMs: 600 };
 
 describe('remote agent client', () => {
+  it('refuses, when it is made, an agent URI it cannot post to', () => {
+    expect(() => createAgentClient({ baseUrl: 'ftp://agent.example.com' })).toThrow('the agent URI must be http or https, not ftp:');
+    expect(() => createAgentClient({ baseUrl: 'not a url' })).toThrow(TypeError);
+  });
+
   it('streams the answer chunk by chunk, in order', async () => {
     const client = createAgentClient({ baseUrl: agent.url });
     expect(client.kind).toBe('remote');

@@ -58,6 +58,10 @@ function parseWav(wav: Buffer) {
 }
 
 describe('ElevenLabs speech', () => {
+  it('refuses, when it is made, a base URL it cannot post to', () => {
+    expect(() => speech({ baseUrl: 'ws://api.elevenlabs.example' })).toThrow('the ElevenLabs URL must be http or https, not ws:');
+  });
+
   it('sends the key, voice, model, output format and surrounding text, and returns the MP3', async () => {
     const audio = await speech().synthesise({ text, previousText: 'Thanks for calling.', nextText: 'See you soon.' }, AbortSignal.timeout(5000));
     expect(audio).toEqual({ contentType: 'audio/mpeg', bytes: fakeAudioFor(text) });
