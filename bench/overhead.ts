@@ -14,8 +14,9 @@
  *   busy, it had not sent yet), after it the caller's again (reading the answer).
  *   The service's own lateness in reading the request is in the window.
  * - a wait on a fake runs from the service having written its whole request to
- *   the fake (the service's request `finish`, bench/service-probe.ts; matched to the fake's log
- *   by the connection's port and the headers written before the fake saw them) to
+ *   the fake (when node:http wrote it, headers and body together: bench/service-probe.ts;
+ *   matched to the fake's log by the connection's port and the last request written
+ *   on it before the fake saw one) to
  *   the fake having written its last byte. A fake slow to read the request is the
  *   fake's time; the service slow to read the answer is the service's.
  * - the full collections the benchmark forces in the service to measure memory
@@ -220,21 +221,21 @@ function sentByPort(requests: TimingsReply['requests']): Map<number, TimingsRepl
     if (!list) byPort.set(request.localPort, (list = []));
     list.push(request);
   }
-  for (const list of byPort.values()) list.sort((a, b) => a.headersAt - b.headersAt);
+  for (const list of byPort.values()) list.sort((a, b) => a.writtenAt - b.writtenAt);
   return byPort;
 }
 
-/** The request on that connection whose headers were the last written before the fake saw a request: its body fully written. */
+/** When the service wrote the request on that connection that was the last written before the fake saw a request. */
 function sentBefore(sorted: TimingsReply['requests'] | undefined, arrivedAt: number): number | undefined {
   if (!sorted) return undefined;
   let lo = 0;
   let hi = sorted.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (sorted[mid]!.headersAt <= arrivedAt) lo = mid + 1;
+    if (sorted[mid]!.writtenAt <= arrivedAt) lo = mid + 1;
     else hi = mid;
   }
-  return lo > 0 ? sorted[lo - 1]!.sentAt : undefined;
+  return lo > 0 ? sorted[lo - 1]!.writtenAt : undefined;
 }
 
 /** A sampled cumulative counter as a function of time, linear between samples. */

@@ -62,10 +62,8 @@ export interface ServedWebhook {
 /** One of the service's own requests (to the agent or ElevenLabs). */
 export interface SentRequest {
   localPort: number;
-  /** Headers written to the socket (the fake may start reading from here). */
-  headersAt: number;
-  /** Body fully written to the socket. */
-  sentAt?: number;
+  /** Headers and body written to the socket, together (the fake may start reading from here). */
+  writtenAt: number;
 }
 
 export interface TimingsReply {
@@ -131,8 +129,7 @@ subscribe('http.client.request.created', (message) => {
   request.once('socket', (socket: Socket) => {
     const stamp = (): void => {
       if (socket.localPort === undefined) return;
-      const at = clock();
-      requests.push({ localPort: socket.localPort, headersAt: at, sentAt: at });
+      requests.push({ localPort: socket.localPort, writtenAt: clock() });
     };
     if (socket.connecting) socket.once('connect', stamp);
     else stamp();
