@@ -29,12 +29,16 @@
  *   npm run bench -- --phases store --store-rounds 15
  *   npm run bench -- --phases load --service-node-options="--cpu-prof --cpu-prof-dir=prof"
  *   taskset -c 0 npm run bench -- --phases load --service-cpus 1   (a core of its own for the service)
+ *   npm run bench -- --phases load --service-entry floor   (bench/floor-server.ts instead: the crossings alone)
+ *   npm run bench -- --phases load --others-policy batch   (callers and fakes never preempt the service: bench/wakeup.ts)
  *
  * Figures and how to read them: docs/performance.md.
  */
+import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { cpus, loadavg, setPriority } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runCalls, runTurnsFor, type CallsResult, type TurnTiming } from './calls.ts';
 import { measureColdStart } from './cold-start.ts';
@@ -46,6 +50,7 @@ import { answerFor, ELEVENLABS_KEY, firstPieceText, wordCount, wordIntervalMs } 
 import { largestStoredCall, measureStore } from './store.ts';
 import { runWebhooks } from './webhooks.ts';
 
+const FLOOR_SERVER = fileURLToPath(new URL('./floor-server.ts', import.meta.url));
 /** Event-loop delay sampling interval of the benchmark's own loop. */
 const LOOP_RESOLUTION_MS = 5;
 
@@ -76,7 +81,11 @@ const { values: args } = parseArgs({
     'ramp-ms': { type: 'string' },
     /** With `--phases load` only: the callers and the fakes run at this niceness, the service at its own. */
     'others-nice': { type: 'string', default: '0' },
+    /** With `--phases load` only: `batch` runs the callers and the fakes as SCHED_BATCH (never preempting the service on wake-up). */
+    'others-policy': { type: 'string', default: 'default' },
     'store-rounds': { type: 'string', default: '15' },
+    /** `floor`: bench/floor-server.ts instead of the service, to measure what the machine charges for the crossings alone. */
+    'service-entry': { type: 'string' },
   },
 });
 
@@ -99,6 +108,13 @@ if (!Number.isInteger(othersNice) || othersNice > 19) throw new Error(`--others-
 // A process cannot raise its priority back, and every service started later would
 // inherit the lower one: so only for a run of the load phase alone.
 if (othersNice > 0 && (phases.size !== 1 || !phases.has('load'))) throw new Error('--others-nice applies to `--phases load` alone');
+const othersPolicy = args['others-policy']!;
+if (othersPolicy !== 'default' && othersPolicy !== 'batch') throw new Error(`--others-policy must be default or batch, got ${othersPolicy}`);
+// Same reason: every process this one starts afterwards would inherit the policy.
+if (othersPolicy === 'batch' && (phases.size !== 1 || !phases.has('load'))) throw new Error('--others-policy applies to `--phases load` alone');
+const serviceEntry = args['service-entry'];
+if (serviceEntry !== undefined && serviceEntry !== 'floor') throw new Error(`--service-entry must be floor, got ${serviceEntry}`);
+if (serviceEntry && (phases.size !== 1 || !phases.has('load'))) throw new Error('--service-entry applies to `--phases load` alone');
 const modes = args.modes!.split(',') as Array<'pieces' | 'whole'>;
 const report: Record<string, unknown> = { latency, args };
 let nextCallIndex = 0;
@@ -141,7 +157,12 @@ function serviceEnv(mode: 'pieces' | 'whole', outputFormat = latency.outputForma
 async function withService<T>(mode: 'pieces' | 'whole', work: (service: ServiceProcess) => Promise<T>, outputFormat?: string): Promise<T> {
   const nodeOptions = args['service-node-options']!.split(' ').filter(Boolean);
   const cpusOption = args['service-cpus']!;
-  const service = await startService(serviceEnv(mode, outputFormat), { probe: true, nodeOptions, ...(cpusOption ? { cpus: cpusOption } : {}) });
+  const service = await startService(serviceEnv(mode, outputFormat), {
+    probe: true,
+    nodeOptions,
+    ...(cpusOption ? { cpus: cpusOption } : {}),
+    ...(serviceEntry === 'floor' ? { entry: FLOOR_SERVER } : {}),
+  });
   // The fixed phrases are synthesised in the background after start; let that finish.
   await sleep(latency.ttsFirstByteMs * 2 + 500);
   await fakes.drain();
@@ -172,6 +193,11 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
       // yield the CPU to it, as they would if they ran on other machines.
       setPriority(fakes.pid, othersNice);
       setPriority(othersNice);
+    }
+    if (othersPolicy === 'batch') {
+      // Every thread of both, so that a wake-up never preempts the service mid-write
+      // (bench/wakeup.ts): they would not share its cores in production.
+      for (const pid of [fakes.pid, process.pid]) execFileSync('chrt', ['--all-tasks', '--batch', '--pid', '0', String(pid)]);
     }
     const firstCallIndex = nextCallIndex;
     nextCallIndex += calls;
@@ -313,7 +339,8 @@ async function loadPhase() {
     ];
   });
   console.log(
-    `\nThe service's own time per webhook (${calls} concurrent calls, ${label(modes[0]!)}): ` +
+    `\n${serviceEntry === 'floor' ? 'The floor server\'s (bench/floor-server.ts: the crossings and nothing else)' : 'The service\'s'} ` +
+      `own time per webhook (${calls} concurrent calls, ${label(modes[0]!)}): ` +
       `its time in the service minus waiting on the fakes, each process on its own clock, ms`,
   );
   table(['', 'count', 'p50', 'p95', 'p99', 'max', 'total p99'], rows);
@@ -325,12 +352,13 @@ async function loadPhase() {
   const byRoute = (path: string) => overhead.webhooks.filter((w) => w.path === path).map((w) => w.overheadMs);
   const routes = ['/voice', '/speech-result', '/continue', '/call-status'];
   console.log(`  by route, p50/p99 ms: ${routes.map((r) => `${r} ${fmt(quantile(byRoute(r), 0.5))}/${fmt(quantile(byRoute(r), 0.99))}`).join(', ')}`);
-  const staged = byKind('answer').flatMap((w) => (w.stages ? [w.stages] : []));
+  // A continuation's agent was asked by an earlier webhook: only /speech-result crosses all three.
+  const staged = byKind('answer').flatMap((w) => (w.stages && w.path === '/speech-result' ? [w.stages] : []));
   if (staged.length > 0) {
     const stage = (pick: (s: NonNullable<(typeof staged)[number]>) => number) => `${fmt(quantile(staged.map(pick), 0.5))}/${fmt(quantile(staged.map(pick), 0.99))}`;
     console.log(
-      `  answers, p50/p99 ms: before the agent is asked ${stage((s) => s.beforeAgentMs)}, ` +
-        `agent text to ElevenLabs request ${stage((s) => s.agentToSpeechMs)}, audio to TwiML read ${stage((s) => s.afterSpeechMs)}`,
+      `  /speech-result answers by crossing, p50/p99 ms: the request to the agent asked ${stage((s) => s.beforeAgentMs)}, ` +
+        `the agent's text to ElevenLabs asked ${stage((s) => s.agentToSpeechMs)}, the audio to the answer written ${stage((s) => s.afterSpeechMs)}`,
     );
   }
   const slowest = [...byKind()].sort((a, b) => b.overheadMs - a.overheadMs).slice(0, Math.max(1, Math.ceil(byKind().length / 100)));
@@ -361,6 +389,7 @@ async function loadPhase() {
       `the service's main thread was ready but waiting for a CPU ${fmt(serviceCpuWaitMs)} ms in all (held by other processes or by its own GC and compiler threads)`,
   );
   if (othersNice > 0) console.log(`  the callers and the fakes ran at nice ${othersNice}, the service at its own priority (--others-nice)`);
+  if (othersPolicy === 'batch') console.log('  the callers and the fakes ran as SCHED_BATCH, the service at the default policy (--others-policy batch)');
   if (memory) {
     const perCall = (memory.active.heapUsed + memory.active.arrayBuffers - memory.idle.heapUsed - memory.idle.arrayBuffers) / memory.calls;
     console.log(
@@ -375,6 +404,8 @@ async function loadPhase() {
   report.load = {
     calls,
     othersNice,
+    othersPolicy,
+    serviceEntry: serviceEntry ?? 'service',
     overheadMs: stats(byKind().map((w) => w.overheadMs)),
     overheadByRouteMs: Object.fromEntries(routes.map((r) => [r, stats(byRoute(r))])),
     overheadByKind: Object.fromEntries(['answer', 'hold', 'plain'].map((k) => [k, stats(byKind(k).map((w) => w.overheadMs))])),
