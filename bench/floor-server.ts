@@ -4,13 +4,14 @@
  *
  * It speaks the same TwiML to the same simulated Twilio, asks the same fake agent
  * and fake ElevenLabs the same way (keep-alive node:http, eventsource-parser, the
- * service's own piece cutter, one synthesis at a time per call, `previous_text` and
- * `next_text`), and answers `/speech-result` with the first piece once it is voiced
+ * service's own piece cutter, one synthesis at a time per call with the text before
+ * it as `previous_text`; the service also sends `next_text` when it is already
+ * known), and answers `/speech-result` with the first piece once it is voiced
  * and `/continue` with the rest, so the benchmark measures it exactly as it measures
  * the service. What it leaves out is everything that makes the service a product:
  * no store (state in a Map, nothing survives a restart), no state machine, no
  * Twilio signature check, no rate limits, no Fastify, no holds, no failure handling
- * beyond a 500, no idempotency, TwiML written as strings. Whatever own time it
+ * beyond a 500 or a spoken apology, no idempotency, TwiML written as strings. Whatever own time it
  * still has is what this machine charges for the three crossings of the event loop
  * a streamed answer needs (the webhook, the agent's text, the audio), before any of
  * the service's work. Never used outside the benchmark.
@@ -38,7 +39,7 @@ const audioType = format.startsWith('ulaw') ? 'audio/wav' : 'audio/mpeg';
 
 interface Turn {
   index: number;
-  /** The agent's answer has ended (or failed) and every piece has been asked for. */
+  /** The turn is over: the agent's answer ended (or failed) and every piece was voiced (or failed). */
   finished: boolean;
   pieces: Array<{ text: string; audio?: Promise<Buffer> }>;
   done: Promise<void>;
@@ -66,8 +67,8 @@ async function readAll(stream: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-function synthesise(text: string, previousText: string, nextText: string | undefined): Promise<Buffer> {
-  const body = JSON.stringify({ text, model_id: 'eleven_flash_v2_5', previous_text: previousText, ...(nextText ? { next_text: nextText } : {}) });
+function synthesise(text: string, previousText: string): Promise<Buffer> {
+  const body = JSON.stringify({ text, model_id: 'eleven_flash_v2_5', previous_text: previousText });
   return post(ttsUrl, { 'content-type': 'application/json', 'xi-api-key': ttsKey }, body).then(readAll);
 }
 
@@ -85,7 +86,7 @@ function startTurn(callSid: string, call: Call, message: string): Turn {
     const piece: Turn['pieces'][number] = { text };
     const index = turn.pieces.push(piece) - 1;
     const previousText = turn.pieces[index - 1]?.text ?? message;
-    piece.audio = voicing.then(() => synthesise(text, previousText, undefined));
+    piece.audio = voicing.then(() => synthesise(text, previousText));
     voicing = piece.audio.catch(() => undefined);
     changed();
   };
