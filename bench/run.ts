@@ -197,7 +197,13 @@ async function callsPhase(mode: 'pieces' | 'whole', calls: number) {
     if (othersPolicy === 'batch') {
       // Every thread of both, so that a wake-up never preempts the service mid-write
       // (bench/wakeup.ts): they would not share its cores in production.
-      for (const pid of [fakes.pid, process.pid]) execFileSync('chrt', ['--all-tasks', '--batch', '--pid', '0', String(pid)]);
+      for (const pid of [fakes.pid, process.pid]) {
+        try {
+          execFileSync('chrt', ['--all-tasks', '--batch', '--pid', '0', String(pid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+        } catch (error) {
+          throw new Error(`--others-policy batch needs Linux's chrt (util-linux): ${error instanceof Error ? error.message : String(error)}`);
+        }
+      }
     }
     const firstCallIndex = nextCallIndex;
     nextCallIndex += calls;
