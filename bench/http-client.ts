@@ -19,6 +19,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
 import { createParser } from 'eventsource-parser';
+import { quantile } from './quantile.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -112,7 +113,6 @@ if (args.serve) {
       request.end('{}');
     });
 
-  const percentile = (sorted: number[], p: number): string => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!.toFixed(2);
   console.log(`POST and read the answer, one at a time, ${args.requests} requests after 200 to warm up, ms`);
   console.log('transport            p50     p99');
   for (const [name, post] of [['fetch', postFetch], ['node:http', postHttp], ['fetch', postFetch], ['node:http', postHttp]] as const) {
@@ -124,8 +124,7 @@ if (args.serve) {
       times.push(performance.now() - started);
       await new Promise((resolve) => setTimeout(resolve, 2));
     }
-    times.sort((a, b) => a - b);
-    console.log(`${name.padEnd(16)} ${percentile(times, 0.5).padStart(7)} ${percentile(times, 0.99).padStart(7)}`);
+    console.log(`${name.padEnd(16)} ${quantile(times, 0.5).toFixed(2).padStart(7)} ${quantile(times, 0.99).toFixed(2).padStart(7)}`);
   }
 
   console.log(`\nSSE: ${args.streams} streams at once, ${CHUNKS} chunks each, one every 33 ms; CPU of this process per chunk`);

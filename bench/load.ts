@@ -26,6 +26,7 @@ import { newCallSid, SimulatedCall, type TurnResult } from '../src/phone/twilio-
 import { createService, type Service } from '../src/service.ts';
 import { defaultAnswer, startFakeAgent, type FakeAgent } from '../test/fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs } from '../test/fakes/elevenlabs-server.ts';
+import { quantile } from './quantile.ts';
 
 const PUBLIC_BASE_URL = 'https://voice.example.test';
 const AUTH_TOKEN = 'bench-twilio-auth-token-0123456789';
@@ -250,9 +251,8 @@ async function checkRecord(service: Service, call: FinishedCall): Promise<string
 }
 
 export function percentiles(values: number[]): Percentiles {
-  const sorted = [...values].sort((a, b) => a - b);
-  const at = (q: number) => round(sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)] ?? 0);
-  return { p50: at(0.5), p95: at(0.95), p99: at(0.99), max: round(sorted.at(-1) ?? 0) };
+  const at = (q: number) => round(values.length === 0 ? 0 : quantile(values, q));
+  return { p50: at(0.5), p95: at(0.95), p99: at(0.99), max: at(1) };
 }
 
 function round(ms: number): number {

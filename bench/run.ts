@@ -44,6 +44,7 @@ import { runCalls, runTurnsFor, type CallsResult, type TurnTiming } from './call
 import { measureColdStart } from './cold-start.ts';
 import type { FakesLatency } from './fakes-process.ts';
 import { measureOverhead } from './overhead.ts';
+import { quantile } from './quantile.ts';
 import { cpuMs, machineCpu, ownCpuMs, startFakes, startService, type ServiceProcess } from './processes.ts';
 import type { ProbeReply } from './service-probe.ts';
 import { answerFor, ELEVENLABS_KEY, firstPieceText, wordCount, wordIntervalMs } from './scenario.ts';
@@ -107,14 +108,15 @@ const othersNice = num('others-nice');
 if (!Number.isInteger(othersNice) || othersNice > 19) throw new Error(`--others-nice must be a whole number from 0 to 19, got ${args['others-nice']}`);
 // A process cannot raise its priority back, and every service started later would
 // inherit the lower one: so only for a run of the load phase alone.
-if (othersNice > 0 && (phases.size !== 1 || !phases.has('load'))) throw new Error('--others-nice applies to `--phases load` alone');
+const loadAlone = phases.size === 1 && phases.has('load');
+if (othersNice > 0 && !loadAlone) throw new Error('--others-nice applies to `--phases load` alone');
 const othersPolicy = args['others-policy']!;
 if (othersPolicy !== 'default' && othersPolicy !== 'batch') throw new Error(`--others-policy must be default or batch, got ${othersPolicy}`);
 // Same reason: every process this one starts afterwards would inherit the policy.
-if (othersPolicy === 'batch' && (phases.size !== 1 || !phases.has('load'))) throw new Error('--others-policy applies to `--phases load` alone');
+if (othersPolicy === 'batch' && !loadAlone) throw new Error('--others-policy applies to `--phases load` alone');
 const serviceEntry = args['service-entry'];
 if (serviceEntry !== undefined && serviceEntry !== 'floor') throw new Error(`--service-entry must be floor, got ${serviceEntry}`);
-if (serviceEntry && (phases.size !== 1 || !phases.has('load'))) throw new Error('--service-entry applies to `--phases load` alone');
+if (serviceEntry && !loadAlone) throw new Error('--service-entry applies to `--phases load` alone');
 const modes = args.modes!.split(',') as Array<'pieces' | 'whole'>;
 const report: Record<string, unknown> = { latency, args };
 let nextCallIndex = 0;
@@ -563,12 +565,6 @@ function late(ns: number): number {
 
 function label(mode: 'pieces' | 'whole'): string {
   return mode === 'pieces' ? 'streamed in pieces (REPLY_PIECES=sentences)' : 'whole answer, then synthesis (REPLY_PIECES=whole)';
-}
-
-function quantile(values: number[], q: number): number {
-  if (values.length === 0) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
 }
 
 function quantiles(values: number[]): string[] {
