@@ -290,7 +290,12 @@ function spoken(text: string): string {
   return speakableText(text).replace(/\s+/g, ' ').trim();
 }
 
-function customParametersOf(value: unknown): Record<string, string> {
+/**
+ * `setup.customParameters`, or the `<Parameter>`s that become them
+ * (connect-twiml.ts checks its own with this, so a TwiML never sets one its
+ * setup message would be refused for).
+ */
+export function customParametersOf(value: unknown): Record<string, string> {
   if (value === undefined) return {};
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new RelayMessageError('customParameters must be an object');
   const entries = Object.entries(value);
