@@ -184,7 +184,7 @@ async function* streamReply(
           if (text === undefined) {
             firstText.stillWorking();
           } else {
-            firstText.arrived();
+            firstText.stop();
             spokeAtAll = true;
             yield text;
           }
@@ -209,7 +209,7 @@ async function* streamReply(
     }
     if (!spokeAtAll) throw new AgentError('empty', `the agent at ${agentHost} closed the stream without any text`);
   } finally {
-    firstText.arrived();
+    firstText.stop();
     link.abort();
   }
 }
@@ -239,7 +239,8 @@ class FirstTextWait {
     if (this.#waiting) this.#timer.refresh();
   }
 
-  arrived(): void {
+  /** The first text came, or the reply is over: the wait ends. */
+  stop(): void {
     this.#waiting = false;
     clearTimeout(this.#timer);
   }
@@ -269,7 +270,7 @@ function readEvent(event: EventSourceMessage, agentHost: string): AgentEvent {
   const data = event.data.trim();
   if (data === '') return LIFE;
   // `[DONE]`: the OpenAI-style end marker many agent servers send before closing.
-  // https://platform.openai.com/docs/api-reference/chat-streaming
+  // https://platform.openai.com/docs/api-reference/chat/create#chat-create-stream
   if (data === '[DONE]') return END;
   let parsed: unknown;
   try {
