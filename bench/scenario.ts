@@ -59,9 +59,9 @@ export function orderIn(text: string | undefined): number | undefined {
 }
 
 /** Which answer the agent gives: the caller's order number, and the turn from the history length. */
-export function answerForRequest(request: { message: string; history: unknown[] }): string {
+export function answerForRequest(request: { message: string; history?: unknown[] }): string {
   const order = orderIn(request.message) ?? 0;
-  return answerFor(order, Math.floor(request.history.length / 2));
+  return answerFor(order, Math.floor((request.history?.length ?? 0) / 2));
 }
 
 /** The fake agent's pause between words at a rate in tokens per second. */

@@ -39,6 +39,10 @@ export interface Config {
   twilioAuthTokenSource: 'env' | 'local';
   agentUri: string | undefined;
   agentTimeoutMs: number;
+  /** How long the agent may be silent before its first text (keep-alives restart it); at most agentTimeoutMs. */
+  agentFirstTextTimeoutMs: number;
+  /** `full`: message, history, callSid, session_id; `minimal`: `{"message"}` only (docs/agent-contract.md). */
+  agentRequest: 'full' | 'minimal';
   /** `sentences`: a reply is voiced piece by piece as the agent writes it; `whole`: only once it is complete. */
   replyPieces: 'sentences' | 'whole';
   elevenLabs: ElevenLabsConfig | undefined;
@@ -120,6 +124,13 @@ export function loadConfig(env: Env): Config {
     throw new ConfigError('WEBHOOK_ANSWER_BUDGET_MS', `must be at least WEBHOOK_DEADLINE_MS + 1000 (${webhookDeadlineMs + 1_000}), got ${webhookAnswerBudgetMs}`);
   }
 
+  const agentTimeoutMs = integer(env, 'AGENT_TIMEOUT_MS', 20_000, 1_000, 120_000);
+  // Unset, it follows a shorter AGENT_TIMEOUT_MS down rather than stop the start.
+  const agentFirstTextTimeoutMs = integer(env, 'AGENT_FIRST_TEXT_TIMEOUT_MS', Math.min(15_000, agentTimeoutMs), 1_000, 120_000);
+  if (agentFirstTextTimeoutMs > agentTimeoutMs) {
+    throw new ConfigError('AGENT_FIRST_TEXT_TIMEOUT_MS', `must be at most AGENT_TIMEOUT_MS (${agentTimeoutMs}), got ${agentFirstTextTimeoutMs}`);
+  }
+
   return {
     nodeEnv,
     port,
@@ -128,7 +139,9 @@ export function loadConfig(env: Env): Config {
     twilioAuthToken,
     twilioAuthTokenSource,
     agentUri: text(env, 'KOOZIE_AGENT_URI') === undefined ? undefined : url(env, 'KOOZIE_AGENT_URI', '', false),
-    agentTimeoutMs: integer(env, 'AGENT_TIMEOUT_MS', 20_000, 1_000, 120_000),
+    agentTimeoutMs,
+    agentFirstTextTimeoutMs,
+    agentRequest: oneOf(env, 'AGENT_REQUEST', ['full', 'minimal'], 'full'),
     replyPieces: oneOf(env, 'REPLY_PIECES', ['sentences', 'whole'], 'sentences'),
     elevenLabs,
     dataDir,

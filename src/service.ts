@@ -41,7 +41,14 @@ export async function createService(config: Config, log: Logger, overrides: Serv
   // One keep-alive pool for the agent and ElevenLabs.
   const http = new HttpClient();
   const agent = config.agentUri
-    ? createAgentClient({ baseUrl: config.agentUri, http, totalTimeoutMs: config.agentTimeoutMs })
+    ? createAgentClient({
+        baseUrl: config.agentUri,
+        log,
+        http,
+        requestShape: config.agentRequest,
+        firstTextTimeoutMs: config.agentFirstTextTimeoutMs,
+        totalTimeoutMs: config.agentTimeoutMs,
+      })
     : createLocalAgent();
   const voice = config.elevenLabs
     ? new VoiceLibrary({

@@ -28,6 +28,9 @@ describe('configuration', () => {
       elevenLabs: undefined,
       twilioAuthTokenSource: 'local',
       replyPieces: 'sentences',
+      agentTimeoutMs: 20_000,
+      agentFirstTextTimeoutMs: 15_000,
+      agentRequest: 'full',
     });
     expect(config.twilioAuthToken).toMatch(/^[0-9a-f]{48}$/);
     expect(readFileSync(join(dir, LOCAL_TOKEN_FILE), 'utf8').trim()).toBe(config.twilioAuthToken);
@@ -58,6 +61,10 @@ describe('configuration', () => {
       [{ ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN'],
       [{ WEBHOOK_DEADLINE_MS: '14000' }, 'WEBHOOK_DEADLINE_MS'],
       [{ REPLY_PIECES: 'words' }, 'REPLY_PIECES'],
+      [{ AGENT_FIRST_TEXT_TIMEOUT_MS: '500' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
+      [{ AGENT_FIRST_TEXT_TIMEOUT_MS: '30000' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
+      [{ AGENT_TIMEOUT_MS: '10000', AGENT_FIRST_TEXT_TIMEOUT_MS: '12000' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
+      [{ AGENT_REQUEST: 'strict' }, 'AGENT_REQUEST'],
     ];
     for (const [env, variable] of cases) {
       const error = errorOf({ DATA_DIR: dir, ...env });
@@ -65,6 +72,19 @@ describe('configuration', () => {
       expect(error.message.startsWith(`${variable}: `)).toBe(true);
       expect(error.message).not.toContain('\n');
     }
+  });
+
+  it('keeps the wait for the agent\'s first text within its whole turn', () => {
+    const dir = dataDir();
+    // Unset, the first-text wait follows a shorter turn down instead of stopping the start.
+    expect(loadConfig({ DATA_DIR: dir, AGENT_TIMEOUT_MS: '10000' }).agentFirstTextTimeoutMs).toBe(10_000);
+    expect(loadConfig({ DATA_DIR: dir, AGENT_TIMEOUT_MS: '60000', AGENT_FIRST_TEXT_TIMEOUT_MS: '30000' })).toMatchObject({
+      agentTimeoutMs: 60_000,
+      agentFirstTextTimeoutMs: 30_000,
+    });
+    expect(errorOf({ DATA_DIR: dir, AGENT_FIRST_TEXT_TIMEOUT_MS: '30000' }).message).toBe(
+      'AGENT_FIRST_TEXT_TIMEOUT_MS: must be at most AGENT_TIMEOUT_MS (20000), got 30000',
+    );
   });
 
   it('takes the operator settings as given', () => {
@@ -79,6 +99,7 @@ describe('configuration', () => {
       GCP_PROJECT_ID: 'my-project',
       GCP_REGION: 'europe-west1',
       REPLY_PIECES: 'whole',
+      AGENT_REQUEST: 'minimal',
       NODE_ENV: 'production',
     });
     expect(config).toMatchObject({
@@ -91,6 +112,7 @@ describe('configuration', () => {
       gcpProjectId: 'my-project',
       gcpRegion: 'europe-west1',
       replyPieces: 'whole',
+      agentRequest: 'minimal',
     });
   });
 });

@@ -57,7 +57,7 @@ describe('restart after SIGKILL', () => {
     const second = await start(first.port);
     const turn = await call.say('What number did I say?');
     expect(spoken(turn.heard)).toEqual(['Agent heard: What number did I say? (history: 2)']);
-    expect(agent.requests.at(-1)?.history[0]).toEqual({ role: 'user', content: 'Remember the number forty two' });
+    expect(agent.requests.at(-1)?.history?.[0]).toEqual({ role: 'user', content: 'Remember the number forty two' });
     second.child.kill('SIGKILL');
   });
 

@@ -14,15 +14,18 @@ export interface Agent {
   readonly kind: 'remote' | 'local';
   /**
    * Yields the answer chunk by chunk. Throws `AgentError` on a refused connection,
-   * a non-2xx answer, malformed SSE, a stream that closes before any text, a
-   * connection that breaks after some (`broken`: what was yielded stands), or a
-   * timeout; honours `signal`.
+   * a non-2xx answer, malformed SSE, an error the agent reports in its stream, a
+   * stream that ends before any text, a connection that breaks after some
+   * (`broken`: what was yielded stands), or a timeout; honours `signal`.
    */
   reply(request: AgentRequest, signal: AbortSignal): AsyncIterable<string>;
 }
 
-/** `broken`: the connection dropped after some text; that text is the answer so far. */
-export type AgentFailure = 'unreachable' | 'status' | 'malformed' | 'timeout' | 'empty' | 'aborted' | 'broken';
+/**
+ * `broken`: the connection dropped after some text; that text is the answer so far.
+ * `reported`: the agent sent `event: error` (docs/agent-contract.md).
+ */
+export type AgentFailure = 'unreachable' | 'status' | 'malformed' | 'reported' | 'timeout' | 'empty' | 'aborted' | 'broken';
 
 export class AgentError extends Error {
   override readonly name = 'AgentError';

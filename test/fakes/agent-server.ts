@@ -11,11 +11,11 @@ import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:
 import { setTimeout as delay } from 'node:timers/promises';
 import { readBody, startLoopbackServer } from './loopback-server.ts';
 
-/** The JSON body the agent client posts. */
+/** The JSON body the agent client posts: `message` alone with AGENT_REQUEST=minimal, all of it with `full`. */
 export interface FakeAgentRequest {
   message: string;
-  history: Array<{ role: 'user' | 'assistant'; content: string }>;
-  callSid: string;
+  history?: Array<{ role: 'user' | 'assistant'; content: string }>;
+  callSid?: string;
   session_id?: string;
 }
 
@@ -34,6 +34,18 @@ export type FakeAgentBehaviour =
   | { kind: 'bursts'; bursts: Array<{ text: string; delayMs: number }> }
   /** Sends each string as one event's `data`, verbatim (pings, `[DONE]`, odd JSON). */
   | { kind: 'events'; data: string[]; delayMs?: number; /** Keep the stream open afterwards until `close()`. */ keepOpen?: boolean }
+  /**
+   * Writes each string to the stream verbatim, `delayMs` apart: whole SSE blocks
+   * (`event: done\r\n\r\n`, `: ping\r\n\r\n`) or pieces of one, as a server's writes.
+   */
+  | { kind: 'sse'; writes: string[]; delayMs?: number; /** Keep the stream open afterwards until `close()`. */ keepOpen?: boolean }
+  /**
+   * A strict agent: a body with any field beside `message` gets FastAPI's 422 for a
+   * Pydantic model with `extra="forbid"` (and a session cookie); otherwise `then`.
+   * https://fastapi.tiangolo.com/tutorial/request-form-models/#forbid-extra-form-fields
+   * https://docs.pydantic.dev/latest/errors/validation_errors/#extra_forbidden
+   */
+  | { kind: 'forbid-extra-fields'; then: FakeAgentBehaviour }
   | { kind: 'status'; status: number; body?: string }
   /** Reads the request and never answers. */
   | { kind: 'hang' }
@@ -65,8 +77,11 @@ export interface FakeAgent {
 }
 
 export function defaultAnswer(request: FakeAgentRequest): string {
-  return `Agent heard: ${request.message} (history: ${request.history.length})`;
+  return `Agent heard: ${request.message} (history: ${request.history?.length ?? 'none'})`;
 }
+
+/** The session cookie the strict agent sets on its 422: a header the service must never log. */
+export const STRICT_AGENT_COOKIE = 'agent_session=fake-agent-cookie-0123456789';
 
 export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = {}): Promise<FakeAgent> {
   let script: FakeAgentScript = options.behaviour ?? { kind: 'reply' };
@@ -92,7 +107,16 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
     res.once('close', () => {
       if (!res.writableFinished) hungUp += 1;
     });
-    const behaviour = typeof script === 'function' ? script(request) : script;
+    let behaviour = typeof script === 'function' ? script(request) : script;
+    if (behaviour.kind === 'forbid-extra-fields') {
+      const extra = Object.entries(request).filter(([field]) => field !== 'message');
+      if (extra.length > 0) {
+        const detail = extra.map(([field, input]) => ({ type: 'extra_forbidden', loc: ['body', field], msg: 'Extra inputs are not permitted', input }));
+        res.writeHead(422, { 'content-type': 'application/json', 'set-cookie': STRICT_AGENT_COOKIE }).end(JSON.stringify({ detail }));
+        return;
+      }
+      behaviour = behaviour.then;
+    }
     const live = (): boolean => !res.destroyed;
     const startStream = (): void => {
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
@@ -137,6 +161,18 @@ export async function startFakeAgent(options: { behaviour?: FakeAgentScript } = 
         if (!behaviour.keepOpen) res.end();
         return;
       }
+      case 'sse': {
+        startStream();
+        for (const text of behaviour.writes) {
+          if (behaviour.delayMs) await delay(behaviour.delayMs);
+          if (!live()) return;
+          res.write(text);
+        }
+        if (!behaviour.keepOpen) res.end();
+        return;
+      }
+      case 'forbid-extra-fields':
+        throw new Error('a strict agent wraps another behaviour, not itself');
       case 'status':
         res.writeHead(behaviour.status, { 'content-type': 'text/plain' }).end(behaviour.body ?? `fake agent error ${behaviour.status}`);
         return;
