@@ -8,17 +8,29 @@
  * actor's output, so the machine has no clock of its own and replays the same way
  * in production, in model-based tests and in the diagram exporter.
  *
- * It knows nothing of TwiML: a transport renders `listening`, `replying`,
- * `thinking` (on hold) and `terminating`, and turns what the caller does into
- * SPEECH / SILENCE / HOLD / CONTINUE / HANGUP events.
+ * It speaks in conversation terms and knows no transport: the caller spoke
+ * (SPEECH), said nothing (SILENCE), pressed digits (DIGITS), spoke over the reply
+ * after hearing some of it (INTERRUPT), hung up (HANGUP); the prompt finished
+ * playing (PLAYED); the turn is slow (SLOW); the line to the caller was restored
+ * after a break (RECONNECTED). A transport (`src/transports/gather`: Twilio's
+ * `<Gather>` webhooks; `src/transports/relay`: ConversationRelay over a WebSocket)
+ * translates its wire protocol into these events and the resulting state into its
+ * own output, and decides nothing: every line the caller hears is one of PHRASES
+ * or the agent's words, and what fills a wait (the hold line or a pause) is
+ * `context.filler`, set here.
  *
- * An agent reply is voiced in pieces while the agent is still writing it: the
- * caller hears the first sentence as soon as it is voiced (`replying`), Twilio
- * comes back for more when it has played it (CONTINUE), and the last pieces are
- * heard while listening. Each pass through `speaking` voices the next pieces.
- * While the caller hears the first pieces, `replying` waits for the agent to finish
- * and stores the whole answer (`collectReply`), so the instance that gets Twilio's
- * CONTINUE voices the rest without asking the agent again.
+ * An agent reply reaches the caller while the agent is still writing it. How
+ * depends on the call's `replyDelivery`:
+ * - `pieces` (`<Gather>`): the reply is voiced a sentence at a time; the caller
+ *   hears the first as soon as it is voiced (`replying`), the transport reports it
+ *   played (PLAYED), and the last pieces are heard while listening. Each pass
+ *   through `speaking` voices the next pieces. While the caller hears the first
+ *   pieces, `replying` waits for the agent to finish and stores the whole answer
+ *   (`collectReply`), so whichever instance gets PLAYED voices the rest without
+ *   asking the agent again.
+ * - `streamed` (ConversationRelay): the agent's text goes to the caller as it is
+ *   written, all within `speaking`; the caller may interrupt (INTERRUPT), and the
+ *   turn then keeps only the words they heard.
  *
  * Deadlines are absolute times in context (`turn.deadlineAt`), checked when an
  * event arrives, never `after` delays: a restored actor does not re-arm `after`
@@ -44,15 +56,22 @@ export const GOODBYE_PHRASES = [
   'i am done',
 ];
 
-/** What the service says on its own account; the transport voices them. */
+/** Every line the service says on its own account; the transport voices them. */
 export const PHRASES = {
   greeting: "Hello! I'm your HeyAI assistant. How can I help you today?",
   reprompt: "Sorry, I didn't hear anything. Are you still there?",
   apology: "Sorry, I'm having trouble answering right now. Could you say that again?",
+  /** The first time a caller waits on a slow turn (SLOW); later waits are pauses. */
   hold: 'One moment.',
   goodbye: 'Thank you for calling. Goodbye!',
   goodbyeSilence: "I haven't heard anything, so I'll hang up now. Goodbye!",
   goodbyeFailures: "Sorry, I can't help right now. Please call again later. Goodbye!",
+  /** The service itself failed to answer (see `afterServiceFailure`): the caller is kept on the line. */
+  recovering: 'Sorry, one moment please.',
+  /** A call the service does not know (or no longer keeps) reached it. */
+  callLost: "Sorry, this call can't be continued. Please call again. Goodbye.",
+  /** The line to the caller dropped and was restored (RECONNECTED). */
+  resumed: 'Sorry, we were cut off. Could you say that again?',
 } as const;
 
 export type PhraseName = keyof typeof PHRASES;
@@ -62,7 +81,19 @@ export const LIMITS = {
   reprompts: 1,
   /** Failed turns in a row before the call ends. */
   failures: 3,
+  /** Times in a row the service itself may fail to answer and keep the caller on the line (`afterServiceFailure`); one more ends the call. */
+  serviceFailures: 3,
 };
+
+/**
+ * The service failed to answer a request for the `attempt`-th time in a row (its
+ * store is unreachable, say, so no state can be read or committed): what the
+ * caller hears, and whether the transport tries again or hangs up. Decided here,
+ * with no snapshot, because there may be none to read.
+ */
+export function afterServiceFailure(attempt: number): { say: PhraseName; then: 'retry' | 'hangup' } {
+  return attempt > LIMITS.serviceFailures ? { say: 'goodbyeFailures', then: 'hangup' } : { say: 'recovering', then: 'retry' };
+}
 
 export type EndReason = 'goodbye' | 'silence' | 'failures' | 'hangup';
 
@@ -87,7 +118,10 @@ export interface PromptPiece {
 
 export interface Turn {
   index: number;
+  /** What the caller said; for digits pressed, the digits (see `digits`). */
   caller: string;
+  /** The caller pressed these keys instead of speaking. */
+  digits?: string;
   /** Twilio's confidence, 0..1; Twilio may leave it out. */
   confidence?: number;
   startedAt: number;
@@ -112,8 +146,10 @@ export interface Turn {
   firstAudioMs?: number;
   /** Milliseconds from the agent's whole answer to its last piece voiced. */
   speechMs?: number;
-  /** Whether the reply was played as synthesised audio or read by the phone's own voice. */
-  voicedBy?: 'audio' | 'say';
+  /** Whether the reply was played as synthesised audio, read by the phone's own voice, or streamed as text for the phone to speak. */
+  voicedBy?: 'audio' | 'say' | 'text';
+  /** The caller spoke over the reply: `reply` is only what they heard of it. */
+  interrupted?: boolean;
   totalMs?: number;
   failure?: string;
 }
@@ -132,9 +168,14 @@ export interface CallContext {
   endedAt?: number;
   turns: Turn[];
   prompt: Prompt;
+  /** How an agent reply reaches the caller (see the file's head). */
+  replyDelivery: ReplyDelivery;
   /** Absolute time after which the current agent turn is given up (ms since epoch). */
   deadlineAt?: number;
-  holds: number;
+  /** What the caller hears while a slow turn keeps them waiting (SLOW): the hold line the first time, then pauses. */
+  filler?: Filler;
+  /** How many times the caller has been given the floor (entered `listening`): a transport may tell its prompts apart by it. */
+  floor: number;
   silences: number;
   failures: number;
   ending?: EndReason;
@@ -147,6 +188,9 @@ export interface CallContext {
   agentTimeoutMs: number;
 }
 
+export type ReplyDelivery = 'pieces' | 'streamed';
+export type Filler = 'hold' | 'pause';
+
 export interface CallInput {
   callSid: string;
   from: string;
@@ -154,14 +198,23 @@ export interface CallInput {
   at: number;
   /** How long an agent turn may take before the caller hears an apology. */
   agentTimeoutMs: number;
+  /** Default `pieces`. */
+  replyDelivery?: ReplyDelivery;
 }
 
 export type CallEvent =
   | { type: 'SPEECH'; text: string; confidence?: number; at: number }
   | { type: 'SILENCE'; at: number }
-  | { type: 'HOLD'; at: number }
-  /** Twilio played the first pieces of a reply and asks for the rest (`/continue?played=1`). */
-  | { type: 'CONTINUE'; at: number }
+  /** The caller pressed keys (DTMF) instead of speaking. */
+  | { type: 'DIGITS'; digits: string; at: number }
+  /** The caller spoke over the reply; `heard` is what they had heard of it by then. */
+  | { type: 'INTERRUPT'; heard: string; at: number }
+  /** The turn is slow: the caller is waiting for it. */
+  | { type: 'SLOW'; at: number }
+  /** The prompt finished playing (the first pieces of a reply: the caller is ready for the rest). */
+  | { type: 'PLAYED'; at: number }
+  /** The line to the caller broke and is back (a new ConversationRelay session for the same call). */
+  | { type: 'RECONNECTED'; at: number }
   | { type: 'HANGUP'; at: number; status: string; durationSec?: number };
 
 export interface AgentTurnInput {
@@ -169,6 +222,9 @@ export interface AgentTurnInput {
   /** The turn's index, which names the reply's audio. */
   turn: number;
   message: string;
+  /** The caller pressed these keys instead of speaking (`message` is then the digits too). */
+  digits?: string;
+  delivery: ReplyDelivery;
   history: Array<{ role: 'user' | 'assistant'; content: string }>;
 }
 export interface AgentTurnOutput {
@@ -190,14 +246,15 @@ export interface ReplyProgress {
 export interface VoiceInput {
   callSid: string;
   prompt: Prompt;
-  /** The text spoken just before, so synthesised pieces sound like one voice. */
-  previousText?: string;
+  delivery: ReplyDelivery;
   /** For a reply: where it stands. */
   reply?: ReplyProgress;
 }
 export interface VoiceOutput {
   audio?: string;
   at: number;
+  /** When the first of it reached the caller, if before `at` (streamed text). */
+  firstAt?: number;
   /** For a reply: the next pieces, voiced; whether more follow; when the agent's answer was complete. */
   pieces?: PromptPiece[];
   more?: boolean;
@@ -256,7 +313,7 @@ export function saysGoodbye(text: string): boolean {
 
 function historyOf(turns: Turn[]): AgentTurnInput['history'] {
   return turns.flatMap((t) =>
-    t.reply === undefined || t.failure
+    t.reply === undefined || t.reply === '' || t.failure
       ? []
       : [
           { role: 'user' as const, content: t.caller },
@@ -268,6 +325,38 @@ function historyOf(turns: Turn[]): AgentTurnInput['history'] {
 function updateLastTurn(turns: Turn[], patch: Partial<Turn>): Turn[] {
   if (turns.length === 0) return turns;
   return [...turns.slice(0, -1), { ...turns[turns.length - 1]!, ...patch }];
+}
+
+/**
+ * The key of turn `index`'s reply: `t<index>`. The one place it is built; the
+ * audio of a reply's pieces is named after it (src/engine/audio-address.ts).
+ */
+export function replyKey(index: number): string {
+  return `t${index}`;
+}
+
+/** The prompt is this turn's reply (not a fixed phrase said during it). */
+function isReplyOf(prompt: Prompt, turn: Turn): boolean {
+  return prompt.kind === 'reply' && prompt.key === replyKey(turn.index);
+}
+
+/** A new turn: the caller's words (or digits) go to the agent. */
+function newTurn(context: CallContext, caller: string, at: number, extra: Partial<Turn>): Partial<CallContext> {
+  const turn: Turn = { index: context.turns.length, caller, startedAt: at, ...extra };
+  return { turns: [...context.turns, turn], silences: 0, filler: undefined, deadlineAt: at + context.agentTimeoutMs };
+}
+
+/** The caller already hears the reply (its first pieces played, or its text is streaming to them): a wait is a pause. */
+function replyAudible(context: CallContext): boolean {
+  const { prompt, turns } = context;
+  const turn = turns.at(-1);
+  if (turn === undefined || !isReplyOf(prompt, turn)) return false;
+  return context.replyDelivery === 'streamed' || (turn.pieces?.length ?? 0) > 0;
+}
+
+/** The first wait of a turn has the hold line; every later one, and any once the reply is audible, a pause. */
+function fillerFor(context: CallContext): Filler {
+  return context.filler === undefined && !replyAudible(context) ? 'hold' : 'pause';
 }
 
 export const callMachine = setup({
@@ -290,6 +379,7 @@ export const callMachine = setup({
     isEnding: ({ context }) => context.ending !== undefined,
     replyContinues: ({ context, event }) =>
       context.prompt.kind === 'reply' && (event as unknown as { output?: VoiceOutput }).output?.more === true,
+    callGoesOn: ({ context }) => context.ending === undefined,
   },
   actions: {
     recordStep: assign({
@@ -297,6 +387,21 @@ export const callMachine = setup({
         ...context.path,
         { state: params.state, at: timeOf(event) ?? lastTime(context), event: event.type },
       ],
+    }),
+    fillWait: assign({ filler: ({ context }) => fillerFor(context) }),
+    /** The line broke while the agent was answering: the answer is not asked for again, and the turn says why it stops there. */
+    lineDropped: assign(({ context }) => {
+      const turn = context.turns.at(-1);
+      if (!turn || turn.failure || turn.totalMs !== undefined) return { deadlineAt: undefined };
+      return { deadlineAt: undefined, turns: updateLastTurn(context.turns, { cut: 'the line to the caller dropped during the answer' }) };
+    }),
+    /** The caller heard only `heard` of this turn's reply: the turn (and the agent's history) keeps just that. */
+    keepHeard: assign(({ context, event }) => {
+      const turn = context.turns.at(-1);
+      if (event.type !== 'INTERRUPT' || !turn || turn.failure || !isReplyOf(context.prompt, turn)) return {};
+      const patch: Partial<Turn> = { reply: event.heard, interrupted: true };
+      if (turn.firstAudioMs === undefined) patch.firstAudioMs = event.at - turn.startedAt;
+      return { turns: updateLastTurn(context.turns, patch), prompt: { ...context.prompt, text: event.heard } };
     }),
     applyVoice: assign(({ context, event }) => {
       const output = (event as unknown as { output: VoiceOutput }).output;
@@ -341,7 +446,8 @@ export const callMachine = setup({
     startedAt: input.at,
     turns: [],
     prompt: phrase('greeting'),
-    holds: 0,
+    replyDelivery: input.replyDelivery ?? 'pieces',
+    floor: 0,
     silences: 0,
     failures: 0,
     path: [{ state: 'greeting', at: input.at, event: 'CALL_STARTED' }],
@@ -368,46 +474,49 @@ export const callMachine = setup({
       description:
         'The caller hears the prompt (a reply, the greeting, a re-prompt or an apology) and may speak over it; the transport waits for their words.',
       tags: ['renderable'],
-      entry: { type: 'recordStep', params: { state: 'listening' } },
+      entry: [{ type: 'recordStep', params: { state: 'listening' } }, assign({ floor: ({ context }) => context.floor + 1 })],
       on: {
         SPEECH: [
           {
             guard: 'callerSaysGoodbye',
             target: 'speaking',
-            actions: assign({ ending: 'goodbye', holds: 0, prompt: phrase('goodbye') }),
+            actions: assign({ ending: 'goodbye', filler: undefined, prompt: phrase('goodbye') }),
           },
           {
             target: 'thinking',
             actions: assign(({ context, event }) => {
               const e = event as Extract<CallEvent, { type: 'SPEECH' }>;
-              const turn: Turn = { index: context.turns.length, caller: e.text, startedAt: e.at };
-              if (e.confidence !== undefined) turn.confidence = e.confidence;
-              return {
-                turns: [...context.turns, turn],
-                silences: 0,
-                holds: 0,
-                deadlineAt: e.at + context.agentTimeoutMs,
-              };
+              return newTurn(context, e.text, e.at, e.confidence === undefined ? {} : { confidence: e.confidence });
             }),
           },
         ],
+        DIGITS: {
+          target: 'thinking',
+          actions: assign(({ context, event }) => {
+            const e = event as Extract<CallEvent, { type: 'DIGITS' }>;
+            return newTurn(context, e.digits, e.at, { digits: e.digits });
+          }),
+        },
+        // The rest of the reply was still playing (streamed text is spoken after it is sent).
+        INTERRUPT: { actions: 'keepHeard' },
         // Each silence starts a new wait for the caller: a slow voice says the hold phrase again, once.
         SILENCE: [
           {
             guard: 'mayRepromptAgain',
             target: 'speaking',
-            actions: assign({ silences: ({ context }) => context.silences + 1, holds: 0, prompt: phrase('reprompt') }),
+            actions: assign({ silences: ({ context }) => context.silences + 1, filler: undefined, prompt: phrase('reprompt') }),
           },
           {
             target: 'speaking',
-            actions: assign({ ending: 'silence', holds: 0, prompt: phrase('goodbyeSilence') }),
+            actions: assign({ ending: 'silence', filler: undefined, prompt: phrase('goodbyeSilence') }),
           },
         ],
+        RECONNECTED: { target: 'speaking', actions: assign({ filler: undefined, prompt: phrase('resumed') }) },
       },
     },
     thinking: {
       description:
-        'The agent is answering the caller. If it is slow the transport puts the caller on hold (HOLD); past the turn deadline the caller hears an apology.',
+        'The agent is answering the caller. While it is slow (SLOW) the caller hears the hold line, then pauses; past the turn deadline, an apology.',
       tags: ['working'],
       entry: { type: 'recordStep', params: { state: 'thinking' } },
       invoke: {
@@ -421,7 +530,7 @@ export const callMachine = setup({
             return {
               failures: 0,
               deadlineAt: undefined,
-              prompt: { kind: 'reply' as const, key: `t${turn.index}`, text: event.output.text },
+              prompt: { kind: 'reply' as const, key: replyKey(turn.index), text: event.output.text },
               turns: updateLastTurn(context.turns, { agentFirstChunkMs: event.output.firstChunkAt - turn.startedAt }),
             };
           }),
@@ -435,7 +544,7 @@ export const callMachine = setup({
         },
       },
       on: {
-        HOLD: [
+        SLOW: [
           {
             guard: 'agentDeadlinePassed',
             target: 'errorFallback',
@@ -444,8 +553,9 @@ export const callMachine = setup({
               return { lastError: reason, turns: updateLastTurn(context.turns, { failure: reason }) };
             }),
           },
-          { actions: assign({ holds: ({ context }) => context.holds + 1 }) },
+          { actions: 'fillWait' },
         ],
+        RECONNECTED: { target: 'speaking', actions: [{ type: 'lineDropped' }, assign({ filler: undefined, prompt: phrase('resumed') })] },
       },
     },
     errorFallback: {
@@ -462,19 +572,15 @@ export const callMachine = setup({
     },
     speaking: {
       description:
-        'The prompt is being voiced (synthesised speech, or the phone\u2019s own voice if synthesis fails). For a reply: its next pieces, as soon as the first of them is voiced.',
+        'The prompt is being voiced (synthesised speech, the phone\u2019s own voice if synthesis fails, or text streamed for the phone to speak). For a reply: its next pieces, as soon as the first of them is voiced; streamed, all of it as the agent writes.',
       tags: ['working'],
       entry: { type: 'recordStep', params: { state: 'speaking' } },
       invoke: {
         id: 'voice',
         src: 'voicePrompt',
         input: ({ context }): VoiceInput => {
-          const previous = context.turns.at(-1);
-          const input: VoiceInput = { callSid: context.callSid, prompt: context.prompt };
-          if (context.prompt.kind === 'reply' && previous) {
-            input.previousText = previous.caller;
-            input.reply = replyProgress(context);
-          }
+          const input: VoiceInput = { callSid: context.callSid, prompt: context.prompt, delivery: context.replyDelivery };
+          if (context.prompt.kind === 'reply' && context.turns.length > 0) input.reply = replyProgress(context);
           return input;
         },
         onDone: [
@@ -488,13 +594,15 @@ export const callMachine = setup({
         ],
       },
       on: {
-        // Counted, so only the first hold of a wait says the hold phrase; later ones pause.
-        HOLD: { actions: assign({ holds: ({ context }) => context.holds + 1 }) },
+        SLOW: { actions: 'fillWait' },
+        // Streamed text: the caller spoke over the reply; the rest of it is not asked for.
+        INTERRUPT: { guard: 'callGoesOn', target: 'listening', actions: 'keepHeard' },
+        RECONNECTED: { guard: 'callGoesOn', target: 'speaking', reenter: true, actions: [{ type: 'lineDropped' }, assign({ filler: undefined, prompt: phrase('resumed') })] },
       },
     },
     replying: {
       description:
-        'The caller hears the first pieces of the reply while the agent is still writing the rest; once the agent has finished, the whole answer is stored. When the pieces have played, Twilio asks for more (CONTINUE).',
+        'The caller hears the first pieces of the reply while the agent is still writing the rest; once the agent has finished, the whole answer is stored. When the pieces have played (PLAYED), the next ones are voiced.',
       tags: ['renderable'],
       entry: { type: 'recordStep', params: { state: 'replying' } },
       invoke: {
@@ -505,7 +613,7 @@ export const callMachine = setup({
         onDone: { actions: 'storeWritten' },
       },
       on: {
-        CONTINUE: {
+        PLAYED: {
           target: 'speaking',
           // What the caller heard is in the turn; the prompt now waits for the next pieces.
           actions: assign({ prompt: ({ context }) => ({ kind: 'reply' as const, key: context.prompt.key, text: '' }) }),
@@ -531,7 +639,15 @@ function lastTime(context: CallContext): number {
 
 function agentInput(context: CallContext): AgentTurnInput {
   const turn = context.turns.at(-1)!;
-  return { callSid: context.callSid, turn: turn.index, message: turn.caller, history: historyOf(context.turns.slice(0, -1)) };
+  const input: AgentTurnInput = {
+    callSid: context.callSid,
+    turn: turn.index,
+    message: turn.caller,
+    history: historyOf(context.turns.slice(0, -1)),
+    delivery: context.replyDelivery,
+  };
+  if (turn.digits !== undefined) input.digits = turn.digits;
+  return input;
 }
 
 function replyProgress(context: CallContext): ReplyProgress {
@@ -554,14 +670,15 @@ function voicedReply(context: CallContext, output: VoiceOutput): Partial<CallCon
   if (output.problem) patch.lastError = output.problem;
   if (output.cut) patch.lastError = output.cut;
   const turn = context.turns.at(-1);
-  if (!turn || context.prompt.key !== `t${turn.index}`) return patch;
+  if (!turn || !isReplyOf(context.prompt, turn)) return patch;
   const heard = [...(turn.pieces ?? []), ...pieces.map((p) => p.text)];
   const updated: Turn = { ...turn, pieces: heard };
   // Once the caller has been given all of it, the stored answer has served its purpose.
   if (!output.more) delete updated.written;
   if (heard.length > 0) updated.reply = heard.join(' ');
-  if (turn.firstAudioMs === undefined) updated.firstAudioMs = output.at - turn.startedAt;
-  if (pieces.some((p) => !p.audio)) updated.voicedBy = 'say';
+  if (turn.firstAudioMs === undefined) updated.firstAudioMs = (output.firstAt ?? output.at) - turn.startedAt;
+  if (context.replyDelivery === 'streamed') updated.voicedBy = 'text';
+  else if (pieces.some((p) => !p.audio)) updated.voicedBy = 'say';
   else if (turn.voicedBy === undefined) updated.voicedBy = 'audio';
   if (output.cut) updated.cut = output.cut;
   if (!output.more) {

@@ -9,7 +9,9 @@ import { createAgentClient } from './agent/agent-client.ts';
 import type { Agent } from './agent/agent.ts';
 import { createLocalAgent } from './agent/local-agent.ts';
 import type { Config } from './config.ts';
-import { CallEngine, phraseAudioPath } from './engine/call-engine.ts';
+import { phraseAudioPath } from './engine/audio-address.ts';
+import { CallEngine, type CallView } from './engine/call-engine.ts';
+import { Turns } from './engine/turn.ts';
 import { buildApp, type App } from './http/app.ts';
 import { HttpClient } from './http-client/http-exchange.ts';
 import { createAudioUrlSigner } from './speech/audio-url.ts';
@@ -17,7 +19,7 @@ import { createElevenLabsSpeech } from './speech/elevenlabs.ts';
 import { VoiceLibrary } from './speech/voice-library.ts';
 import type { CallStore } from './store/call-store.ts';
 import { SqliteCallStore } from './store/sqlite-store.ts';
-import { renderCallTwiml } from './twilio/twiml.ts';
+import { renderCallTwiml } from './transports/gather/twiml.ts';
 
 export interface Service {
   app: App;
@@ -58,25 +60,33 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     : undefined;
   const audioUrls = createAudioUrlSigner({ secret: config.twilioAuthToken, ttlSec: config.audioUrlTtlSec, now });
 
-  const engine = new CallEngine({
-    store,
+  const turns = new Turns({
     agent,
     voice,
     log,
     now,
-    webhookDeadlineMs: config.webhookDeadlineMs,
     agentTimeoutMs: config.agentTimeoutMs,
     replyPieces: config.replyPieces,
-    render: (view) =>
-      renderCallTwiml(view, {
-        baseUrl: config.publicBaseUrl,
-        signAudio: (path) => audioUrls.sign(path),
-        holdAudio: voice?.phraseIfReady('hold', PHRASES.hold) ? phraseAudioPath('hold') : undefined,
-      }),
+    textSink: () => undefined,
   });
+  const engine = new CallEngine({
+    store,
+    turns,
+    log,
+    now,
+    webhookDeadlineMs: config.webhookDeadlineMs,
+    agentTimeoutMs: config.agentTimeoutMs,
+  });
+  const render = (view: CallView) =>
+    renderCallTwiml(view, {
+      baseUrl: config.publicBaseUrl,
+      signAudio: (path) => audioUrls.sign(path),
+      holdAudio: voice?.phraseIfReady('hold', PHRASES.hold) ? phraseAudioPath('hold') : undefined,
+    });
 
   const app = buildApp({
     engine,
+    render,
     store,
     voice,
     audioUrls,

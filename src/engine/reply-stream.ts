@@ -56,6 +56,8 @@ export interface ReplyStreamOptions {
 
 export class ReplyStream {
   readonly pieces: ReplyPiece[] = [];
+  /** The agent's text exactly as it arrived, chunk by chunk (streamed delivery forwards these). */
+  readonly chunks: string[] = [];
   firstChunkAt: number | undefined;
   /** When the agent's answer ended (or failed). */
   completeAt: number | undefined;
@@ -129,7 +131,9 @@ export class ReplyStream {
     try {
       for await (const chunk of agent.reply(request, this.#link.signal)) {
         this.firstChunkAt ??= now();
+        this.chunks.push(chunk);
         this.#arrive(pieces.push(chunk));
+        this.#changed();
       }
       this.#arriving.push(...pieces.end());
     } catch (error) {

@@ -72,8 +72,8 @@ describe('the machine graph', () => {
       ['ended', false],
     ]);
     expect(graph.edges.filter((e) => e.event === 'HANGUP').map((e) => e.source)).toEqual(['listening', 'thinking', 'speaking', 'replying', 'terminating']);
-    expect(graph.edges.find((e) => e.id === 'thinking|HOLD|1')).toMatchObject({ internal: true, target: 'thinking', label: 'HOLD [else]' });
-    expect(graph.edges.find((e) => e.id === 'speaking|HOLD|0')).toMatchObject({ internal: true, target: 'speaking', label: 'HOLD' });
+    expect(graph.edges.find((e) => e.id === 'thinking|SLOW|1')).toMatchObject({ internal: true, target: 'thinking', label: 'SLOW [else]' });
+    expect(graph.edges.find((e) => e.id === 'speaking|SLOW|0')).toMatchObject({ internal: true, target: 'speaking', label: 'SLOW' });
     expect(graph.edges.find((e) => e.id === 'replying|xstate.done.actor.rest|0')).toMatchObject({ internal: true, target: 'replying', label: 'done: collectReply' });
     expect(graph.edges.find((e) => e.id === 'speaking|xstate.error.actor.voice|0')?.label).toBe('error: voicePrompt [isEnding]');
   });

@@ -67,7 +67,7 @@ function replyStarts(context: CallContext): boolean {
   const turn = context.turns.at(-1);
   return context.prompt.kind === 'reply' && turn !== undefined && (turn.pieces?.length ?? 0) === 0;
 }
-/** Speaking the rest of this turn's reply, after Twilio's CONTINUE. */
+/** Speaking the rest of this turn's reply, after Twilio's PLAYED. */
 function replyGoesOn(context: CallContext): boolean {
   const turn = context.turns.at(-1);
   return context.prompt.kind === 'reply' && turn !== undefined && (turn.pieces?.length ?? 0) > 0;
@@ -107,10 +107,11 @@ export const EVENT_SAMPLES: EventSample[] = [
   // Synthesis of the rest fails: the phone reads it.
   { event: { type: 'xstate.error.actor.voice', error: { message: 'speech answered 500', pieces: [{ text: AGENT_REPLY_REST }] } }, when: replyGoesOn },
   { event: { type: 'xstate.done.actor.rest', output: { pieces: [AGENT_REPLY, AGENT_REPLY_REST], completeAt: 0 } } },
-  { event: { type: 'CONTINUE', at: 0 } },
+  { event: { type: 'PLAYED', at: 0 } },
+  { event: { type: 'DIGITS', digits: '5', at: 0 } },
   { event: { type: 'HANGUP', at: 0, status: 'completed' } },
-  { event: { type: 'HOLD', at: 1 } },
-  { event: { type: 'HOLD', at: LATE } },
+  { event: { type: 'SLOW', at: 1 } },
+  { event: { type: 'SLOW', at: LATE } },
 ];
 
 /** The machine with its invocations replaced by the events they send. */

@@ -55,7 +55,8 @@ const STATE_CHECKS: Record<string, (check: StateCheck) => void | Promise<void>> 
     if (!answered) return;
     const [gather, ...rest] = verbsOf(driver.result!.twiml);
     expect(rest).toEqual([]);
-    expect(gather).toMatchObject({ verb: 'Gather', attrs: { input: 'speech', action: `${PUBLIC_BASE_URL}/speech-result` } });
+    // Speech or a key; the action names the floor the caller was given, as the model counts it.
+    expect(gather).toMatchObject({ verb: 'Gather', attrs: { input: 'speech dtmf', action: `${PUBLIC_BASE_URL}/speech-result?floor=${step.state.context.floor}` } });
     await expectPrompt(driver, step, gather!.children);
     expect(driver.result!.record.state).toBe('listening');
   },
@@ -73,7 +74,7 @@ const STATE_CHECKS: Record<string, (check: StateCheck) => void | Promise<void>> 
     const asked = agent.requests.filter((r) => r.callSid === driver.callSid).map((r) => r.message);
     expect(asked).toEqual(step.state.context.turns.map((t) => t.caller));
     if (!answered) return;
-    // The first sentence, then back for the rest once it has played (CONTINUE).
+    // The first sentence, then back for the rest once it has played (PLAYED).
     const verbs = verbsOf(driver.result!.twiml);
     expect(verbs.at(-1)).toMatchObject({ verb: 'Redirect', text: `${PUBLIC_BASE_URL}/continue?played=1` });
     await expectPrompt(driver, step, verbs.slice(0, -1));
@@ -144,9 +145,8 @@ async function expectPrompt(driver: PathDriver, step: ModelStep, verbs: ReturnTy
 function expectHold(driver: PathDriver, step: ModelStep, state: string) {
   const verbs = verbsOf(driver.result!.twiml);
   expect(verbs.at(-1)).toMatchObject({ verb: 'Redirect', text: `${PUBLIC_BASE_URL}/continue` });
-  const { holds, prompt, turns } = step.state.context;
-  const replyUnderWay = prompt.kind === 'reply' && (turns.at(-1)?.pieces?.length ?? 0) > 0;
-  if (holds >= 2 || replyUnderWay) expect(verbs[0]?.verb).toBe('Pause');
+  // The machine's filler: a pause for a second wait, or once the caller hears the reply.
+  if (step.state.context.filler === 'pause') expect(verbs[0]?.verb).toBe('Pause');
   else expect(verbs[0]).toSatisfy((v: { verb: string; text: string }) => (v.verb === 'Say' && v.text === PHRASES.hold) || v.verb === 'Pause');
   expect(driver.result!.record.state).toBe(state);
 }
@@ -173,7 +173,7 @@ function describePath(steps: ModelStep[]): string {
     const edge = graph.edges.find((e) => e.event === event.type);
     const label = edge?.trigger ?? event.type;
     if (event.type === 'SPEECH') return `SPEECH "${event.text}"`;
-    if (event.type === 'HOLD') return event.at >= LATE ? 'HOLD (late)' : 'HOLD';
+    if (event.type === 'SLOW') return event.at >= LATE ? 'SLOW (late)' : 'SLOW';
     if (event.type === 'xstate.done.actor.voice' && event.output.pieces) {
       const [piece] = event.output.pieces;
       const part = piece?.text === AGENT_REPLY ? 'first sentence, more to come' : event.output.agentCompleteAt === undefined ? 'the rest, from the store' : 'the rest';

@@ -7,11 +7,11 @@
  * into segments, one per webhook: a segment starts at what Twilio sends (the call
  * connecting, the caller's words or silence, a status callback, `/continue` after
  * a hold, or `/continue?played=1` once a reply's first sentence has played:
- * CONTINUE) and runs through the events the service's own actors produce.
+ * PLAYED) and runs through the events the service's own actors produce.
  * Before a segment's webhook is sent the fakes are set up to produce exactly those
  * events: the fake agent answers, fails, is slow or never answers; the fake
  * ElevenLabs answers, fails or never answers; the service's clock jumps past the
- * turn deadline for a late HOLD.
+ * turn deadline for a late SLOW.
  *
  * A segment ending in a working state (`thinking`, `speaking`) is observed the way
  * Twilio sees it: the vendor is kept slow, the webhook deadline passes and the
@@ -20,7 +20,7 @@
  * A reply the caller hears in two parts (`replying`) comes from an agent that
  * writes its first sentence at once and the rest AGENT_REST_AFTER_MS later. The
  * whole answer being stored (`done: collectReply`) happens after the webhook has
- * answered: the driver waits until the store has it. A CONTINUE after that goes to
+ * answered: the driver waits until the store has it. A PLAYED after that goes to
  * a fresh instance on the same store (as Cloud Run may route it), which voices the
  * rest from the store; a CONTINUE before it goes to the instance still streaming.
  *
@@ -31,7 +31,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PHRASES, stateName, type CallContext, type Prompt } from '../../machines/call.machine.ts';
-import { phraseAudioPath, pieceKey, replyAudioPath } from '../../src/engine/call-engine.ts';
+import { phraseAudioPath, pieceKey, replyAudioPath } from '../../src/engine/audio-address.ts';
 import { parseTwiml, type SimulatedCall } from '../../src/phone/twilio-caller.ts';
 import type { CallRecord } from '../../src/store/call-store.ts';
 import type { FakeAgent, FakeAgentScript } from '../fakes/agent-server.ts';
@@ -41,10 +41,10 @@ import { AGENT_REPLY, AGENT_REPLY_REST, AGENT_TIMEOUT_MS, LATE, type ModelEvent 
 
 /** How long a webhook waits before it puts the caller on hold (the service's WEBHOOK_DEADLINE_MS). */
 export const WEBHOOK_DEADLINE_MS = 150;
-/** A slow vendor: well past the webhook deadline plus the engine's short wait after HOLD. */
+/** A slow vendor: well past the webhook deadline plus the engine's short wait after SLOW. */
 const SLOW_MS = 1_200;
 /** `/continue` rounds a segment may take before it must have settled. */
-const MAX_CONTINUES = 30;
+const MAX_CONTINUE_ROUNDS = 30;
 /** How long after its first sentence the agent writes the rest of a two-part answer. */
 const AGENT_REST_AFTER_MS = 600;
 /** The longest the driver waits for the whole answer to be stored. */
@@ -73,7 +73,7 @@ export interface Segment {
   agent?: { outcome: AgentOutcome; slow: boolean; jumpOnRequest: boolean; twoParts: boolean };
   /** Speaking is entered during this segment: the prompt, and how ElevenLabs answers. */
   voice?: { prompt: Prompt; outcome: VoiceOutcome };
-  /** A late HOLD happens in this segment, after a hold: move the clock before sending. */
+  /** A late SLOW happens in this segment, after a hold: move the clock before sending. */
   jumpBeforeRequest: boolean;
   /** The whole answer is stored during this segment, after its webhook answered: wait for it. */
   awaitStored: boolean;
@@ -83,7 +83,7 @@ export interface Segment {
   answer: 'rendered' | 'hold' | 'status';
 }
 
-const TRIGGERS = new Set(['xstate.init', 'SPEECH', 'SILENCE', 'HANGUP', 'CONTINUE']);
+const TRIGGERS = new Set(['xstate.init', 'SPEECH', 'SILENCE', 'DIGITS', 'HANGUP', 'PLAYED']);
 
 /** Cuts a model path into webhooks and decides how each vendor behaves in each. */
 export function planPath(steps: ModelStep[]): Segment[] {
@@ -92,7 +92,7 @@ export function planPath(steps: ModelStep[]): Segment[] {
     const previous = steps[index - 1];
     const afterHold = previous !== undefined && isEarlyHold(previous.event);
     if (index === 0 || TRIGGERS.has(step.event.type) || afterHold) {
-      const freshInstance = step.event.type === 'CONTINUE' && previous?.state.context.turns.at(-1)?.written !== undefined;
+      const freshInstance = step.event.type === 'PLAYED' && previous?.state.context.turns.at(-1)?.written !== undefined;
       segments.push({
         first: index,
         last: index,
@@ -148,9 +148,11 @@ function requestFor(event: ModelEvent): Segment['request'] {
       return { path: '/speech-result', form: { SpeechResult: event.text, Confidence: '0.92' } };
     case 'SILENCE':
       return { path: '/speech-result', form: {} };
+    case 'DIGITS':
+      return { path: '/speech-result', form: { Digits: event.digits } };
     case 'HANGUP':
       return { path: '/call-status', form: { CallStatus: event.status, CallDuration: '12' } };
-    case 'CONTINUE':
+    case 'PLAYED':
       return { path: `/continue${PLAYED}`, form: {} };
     default:
       // The service's own actors produce every other event; after a hold Twilio follows `<Redirect>`.
@@ -159,7 +161,7 @@ function requestFor(event: ModelEvent): Segment['request'] {
 }
 
 function isEarlyHold(event: ModelEvent): boolean {
-  return event.type === 'HOLD' && event.at < LATE;
+  return event.type === 'SLOW' && event.at < LATE;
 }
 
 function endsAgentTurn(event: ModelEvent): boolean {
@@ -167,7 +169,7 @@ function endsAgentTurn(event: ModelEvent): boolean {
     event.type === 'xstate.done.actor.agent' ||
     event.type === 'xstate.error.actor.agent' ||
     event.type === 'HANGUP' ||
-    (event.type === 'HOLD' && !isEarlyHold(event))
+    (event.type === 'SLOW' && !isEarlyHold(event))
   );
 }
 
@@ -177,7 +179,7 @@ function agentOutcome(event: ModelEvent): AgentOutcome {
       return 'reply';
     case 'xstate.error.actor.agent':
       return 'fail';
-    case 'HOLD':
+    case 'SLOW':
       return 'late';
     default:
       return 'never';
@@ -202,7 +204,7 @@ function agentScript(plan: NonNullable<Segment['agent']>, jumpClock: () => void)
     case 'fail':
       return plan.slow ? { kind: 'events', data: ['not json'], delayMs: SLOW_MS } : { kind: 'status', status: 500 };
     case 'late':
-      // The turn's deadline passes while the agent is silent: the next HOLD finds it late.
+      // The turn's deadline passes while the agent is silent: the next SLOW finds it late.
       return () => {
         if (plan.jumpOnRequest) jumpClock();
         return { kind: 'hang' };
@@ -318,7 +320,7 @@ export class PathDriver {
     if (segment.answer === 'rendered') {
       // A slow moment on a busy machine: the service holds and Twilio follows the redirect, as it would.
       for (let round = 0; isHold(answer); round++) {
-        if (round >= MAX_CONTINUES) throw new Error(`still on hold after ${MAX_CONTINUES} /continue rounds`);
+        if (round >= MAX_CONTINUE_ROUNDS) throw new Error(`still on hold after ${MAX_CONTINUE_ROUNDS} /continue rounds`);
         answer = await this.#webhook('/continue', {});
         documents.push(answer);
       }

@@ -1,24 +1,24 @@
 /**
- * Machine state → TwiML. Pure: the same view always renders the same document.
- * Built with twilio's `VoiceResponse` (escaping is its job, never string
- * concatenation), imported from its own module to keep the rest of the twilio
- * package off the start path.
+ * The `<Gather>` transport's output: machine state → TwiML. Pure: the same view
+ * always renders the same document. Built with twilio's `VoiceResponse` (escaping
+ * is its job, never string concatenation), imported from its own module to keep
+ * the rest of the twilio package off the start path. Every line said here is one
+ * of the machine's PHRASES or the agent's words; what is said when is the machine's.
  *
  * - `listening`: the prompt inside a speech `<Gather>` (the caller may talk over
- *   it); `actionOnEmptyResult` makes silence come back as a request too.
+ *   it); `actionOnEmptyResult` makes silence come back as a request too. Its
+ *   action names the floor (`?floor=`), so a replayed result is told from a new one.
  * - `replying`: the first pieces of a reply the agent is still writing, then a
  *   `<Redirect>` to `/continue?played=1` for the rest (the mark tells this redirect
- *   from a hold's: only once the pieces have played does the machine move on, as
- *   CONTINUE). Twilio plays a `<Play>` only once its
- *   file is downloaded, and fetches every `<Play>` nested in a `<Gather>` before it
- *   plays the first, so each piece is a complete file served from memory, and the
- *   rest of a reply comes in one `<Gather>` once it is all voiced. Pieces the phone
- *   reads (no voice, or synthesis failed) are joined into one `<Say>`.
- * - a working state (`thinking`, `speaking`, ...) past the webhook deadline: hold.
- *   The first hold says a short acknowledgement, later ones pause (and so does a
- *   hold in the middle of a reply: the caller is already hearing the answer); all
- *   `<Redirect>` to `/continue`, which picks the result up. A view marked `hold`
- *   (another instance is still working on the call) is held whatever its state.
+ *   from a hold's: only once the pieces have played is it PLAYED). Twilio plays a
+ *   `<Play>` only once its file is downloaded, and fetches every `<Play>` nested in
+ *   a `<Gather>` before it plays the first, so each piece is a complete file served
+ *   from memory, and the rest of a reply comes in one `<Gather>` once it is all
+ *   voiced. Pieces the phone reads (no voice, or synthesis failed) are joined into
+ *   one `<Say>`.
+ * - a working state (`thinking`, `speaking`, ...) past the step's deadline: the
+ *   machine's filler (the hold line, or a pause), then `<Redirect>` to `/continue`,
+ *   which picks the result up. A view with a PLAYED still pending keeps asking for it.
  * - `terminating`: the closing line and `<Hangup/>`.
  *
  * @see https://www.twilio.com/docs/voice/twiml/gather
@@ -26,9 +26,10 @@
  * @see https://www.twilio.com/docs/voice/twiml/play
  */
 import VoiceResponse from 'twilio/lib/twiml/VoiceResponse.js';
-import { PHRASES, type CallContext, type Prompt } from '../../machines/call.machine.ts';
-import { PLAYED_MARK } from './events.ts';
-import { speakableText } from './spoken-text.ts';
+import { afterServiceFailure, PHRASES, type Prompt } from '../../../machines/call.machine.ts';
+import type { CallView } from '../../engine/call-engine.ts';
+import { speakableText } from '../../twilio/spoken-text.ts';
+import { FLOOR_FIELD, PLAYED_MARK } from './events.ts';
 
 export const ROUTES = {
   voice: '/voice',
@@ -39,13 +40,6 @@ export const ROUTES = {
 
 /** The query of the `/continue` that follows a reply's first pieces. */
 const PLAYED_QUERY = `${PLAYED_MARK.name}=${PLAYED_MARK.value}`;
-
-export interface CallView {
-  state: string;
-  context: CallContext;
-  /** Held whatever the state; `continuing`: the redirect carries the CONTINUE still to be applied. */
-  hold?: { continuing: boolean };
-}
 
 export interface RenderOptions {
   baseUrl: string;
@@ -61,16 +55,14 @@ type Speaker = Pick<VoiceResponse, 'say' | 'play'>;
 
 export function renderCallTwiml(view: CallView, options: RenderOptions): string {
   const response = new VoiceResponse();
-  if (view.hold) {
-    hold(response, view, options);
-    return response.toString();
-  }
   switch (view.state) {
     case 'listening': {
       const gather = response.gather({
-        input: ['speech'],
+        // A key press ends the <Gather> at once (numDigits 1): the digit is the caller's turn.
+        input: ['speech', 'dtmf'],
+        numDigits: 1,
         speechTimeout: 'auto',
-        action: options.baseUrl + ROUTES.speechResult,
+        action: `${options.baseUrl}${ROUTES.speechResult}?${FLOOR_FIELD}=${view.context.floor}`,
         method: 'POST',
         actionOnEmptyResult: true,
       });
@@ -89,7 +81,7 @@ export function renderCallTwiml(view: CallView, options: RenderOptions): string 
       response.hangup();
       break;
     default:
-      hold(response, view, options);
+      wait(response, view, options);
   }
   return response.toString();
 }
@@ -117,44 +109,32 @@ function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
   }
 }
 
-/** The caller has heard the start of the reply that is still being voiced. */
-function replyUnderWay(view: CallView): boolean {
-  const { prompt, turns } = view.context;
-  const turn = turns.at(-1);
-  return prompt.kind === 'reply' && turn !== undefined && prompt.key === `t${turn.index}` && (turn.pieces?.length ?? 0) > 0;
-}
-
 function say(into: Speaker, raw: string, options: RenderOptions) {
   const text = speakableText(raw);
   if (options.sayVoice) into.say({ voice: options.sayVoice as VoiceResponse.SayAttributes["voice"] }, text);
   else into.say(text);
 }
 
-/**
- * The first hold of a wait says the hold phrase; later ones, and any hold once the
- * caller hears the reply, pause. A view held while a CONTINUE is still to be
- * applied keeps asking for it.
- */
-function hold(response: VoiceResponse, view: CallView, options: RenderOptions) {
-  const continuing = view.hold?.continuing === true;
-  if (view.context.holds <= 1 && !replyUnderWay(view)) {
+/** A slow turn: the machine's filler (the hold line, else a pause), then back for the result, with a PLAYED still to apply if there is one. */
+function wait(response: VoiceResponse, view: CallView, options: RenderOptions) {
+  if (view.context.filler === 'hold') {
     if (options.holdAudio) response.play(options.baseUrl + options.signAudio(options.holdAudio));
     else say(response, PHRASES.hold, options);
   } else {
     response.pause({ length: 1 });
   }
-  response.redirect({ method: 'POST' }, options.baseUrl + ROUTES.continue + (continuing ? `?${PLAYED_QUERY}` : ''));
+  const played = view.pending?.type === 'PLAYED';
+  response.redirect({ method: 'POST' }, options.baseUrl + ROUTES.continue + (played ? `?${PLAYED_QUERY}` : ''));
 }
 
 /** A webhook for a call this service does not know (or no longer keeps). */
 export function renderUnknownCall(options: Pick<RenderOptions, 'sayVoice'>): string {
   const response = new VoiceResponse();
-  say(response, "Sorry, this call can't be continued. Please call again. Goodbye.", { ...options, baseUrl: '', signAudio: (p) => p });
+  say(response, PHRASES.callLost, { ...options, baseUrl: '', signAudio: (p) => p });
   response.hangup();
   return response.toString();
 }
 
-export const MAX_RECOVERY_ATTEMPTS = 3;
 /** Twilio takes URLs of up to 4,000 characters (https://www.twilio.com/docs/api/errors/21609). */
 const MAX_URL_CHARS = 4_000;
 
@@ -167,34 +147,37 @@ export interface UntakenSpeech {
 }
 
 /**
- * Something inside the service failed: keep the caller on the line and try again
- * through `/continue`, a few times, then end politely. Never a 5xx to Twilio.
+ * Something inside the service failed (`failures` times in a row, this one
+ * included): the machine's `afterServiceFailure` says whether the caller is kept
+ * on the line and tried again through `/continue`, or the call ends politely.
+ * Never a 5xx to Twilio. There may be no readable state at all (the store is
+ * down), so the count travels in the retry's signed URL.
  * With `speech`, the retry goes back to `/speech-result` with the caller's words
  * in its (signed) URL, so they need not say them again; with `continuing`, it
  * still asks for the rest of a reply (CONTINUE), so the caller does not hear its
  * first pieces again.
  */
 export function renderRecovery(
-  attempt: number,
+  failures: number,
   options: Pick<RenderOptions, 'baseUrl' | 'sayVoice'>,
   speech?: UntakenSpeech,
-  continuing = false,
+  played = false,
 ): string {
   const response = new VoiceResponse();
   const plain = { ...options, signAudio: (p: string) => p };
-  if (attempt >= MAX_RECOVERY_ATTEMPTS) {
-    say(response, PHRASES.goodbyeFailures, plain);
+  const next = afterServiceFailure(failures);
+  say(response, PHRASES[next.say], plain);
+  if (next.then === 'hangup') {
     response.hangup();
   } else {
-    say(response, 'Sorry, one moment please.', plain);
     response.pause({ length: 1 });
-    response.redirect({ method: 'POST' }, retryUrl(options.baseUrl, attempt + 1, speech, continuing));
+    response.redirect({ method: 'POST' }, retryUrl(options.baseUrl, failures, speech, played));
   }
   return response.toString();
 }
 
-function retryUrl(baseUrl: string, attempt: number, speech: UntakenSpeech | undefined, continuing: boolean): string {
-  const pickUp = `${baseUrl}${ROUTES.continue}?attempt=${attempt}${continuing ? `&${PLAYED_QUERY}` : ''}`;
+function retryUrl(baseUrl: string, attempt: number, speech: UntakenSpeech | undefined, played: boolean): string {
+  const pickUp = `${baseUrl}${ROUTES.continue}?attempt=${attempt}${played ? `&${PLAYED_QUERY}` : ''}`;
   if (!speech) return pickUp;
   const query = new URLSearchParams({ attempt: String(attempt), heardAt: String(speech.at) });
   if (speech.confidence !== undefined) query.set('Confidence', String(speech.confidence));
