@@ -13,7 +13,7 @@ import { PHRASES } from '../../machines/call.machine.ts';
 import { parseTwiml } from '../../src/phone/twilio-caller.ts';
 import { SqliteCallStore } from '../../src/store/sqlite-store.ts';
 import type { CallRecord } from '../../src/store/call-store.ts';
-import { MAX_UTTERANCE_CHARS } from '../../src/transports/gather/events.ts';
+import { MAX_UTTERANCE_CHARS } from '../../src/twilio/call-input.ts';
 import { startFakeAgent, type FakeAgent, type FakeAgentScript } from '../fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs, type FakeElevenLabsBehaviour } from '../fakes/elevenlabs-server.ts';
 import { freePort } from '../support/server-process.ts';

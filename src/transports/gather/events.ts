@@ -9,6 +9,7 @@
  * @see https://www.twilio.com/docs/voice/api/call-resource#statuscallback
  */
 import type { CallEvent } from '../../../machines/call.machine.ts';
+import { CALL_SID, MAX_UTTERANCE_CHARS } from '../../twilio/call-input.ts';
 import { speakableText } from '../../twilio/spoken-text.ts';
 
 export class WebhookInputError extends Error {
@@ -17,9 +18,6 @@ export class WebhookInputError extends Error {
 
 export type TwilioForm = Record<string, unknown>;
 
-const CALL_SID = /^CA[0-9a-fA-F]{32}$/;
-/** Longest utterance passed on to the agent; Twilio's transcripts are far shorter. */
-export const MAX_UTTERANCE_CHARS = 2_000;
 const TERMINAL_STATUSES = new Set(['completed', 'busy', 'failed', 'no-answer', 'canceled']);
 
 export function callSidOf(form: TwilioForm): string {

@@ -1,6 +1,6 @@
 /**
  * ConversationRelay's WebSocket messages ↔ typed values. Pure and strict, like
- * src/twilio/events.ts for the `<Gather>` forms: every field is checked here, at
+ * src/transports/gather/events.ts for the `<Gather>` forms: every field is checked here, at
  * the edge, and a frame that is not what Twilio sends becomes a
  * `RelayMessageError` (the only thing these functions throw) before it touches a
  * call. A message type Twilio may add later is not an error: it parses to
@@ -17,7 +17,7 @@
  *
  * @see https://www.twilio.com/docs/voice/conversationrelay/websocket-messages
  */
-import { MAX_UTTERANCE_CHARS } from '../../twilio/events.ts';
+import { CALL_SID, MAX_UTTERANCE_CHARS } from '../../twilio/call-input.ts';
 import { speakableText } from '../../twilio/spoken-text.ts';
 
 export class RelayMessageError extends Error {
@@ -45,7 +45,6 @@ const MAX_INTERRUPT_DURATION_MS = 86_400_000;
 /** `play.loop`: "A value of 0 plays it 1,000 times (maximum)". */
 const MAX_PLAY_LOOP = 1_000;
 
-const CALL_SID = /^CA[0-9a-fA-F]{32}$/;
 const SESSION_SID = /^VX[0-9a-fA-F]{32}$/;
 /** E.164, a `client:`/`sip:` identity or a placeholder such as `anonymous`; may be empty. */
 const ADDRESS = /^[\w+:@.\-]{0,128}$/;

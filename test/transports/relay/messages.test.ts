@@ -9,7 +9,8 @@ import {
   serialiseServiceMessage,
   type ServiceMessage,
 } from '../../../src/transports/relay/messages.ts';
-import { MAX_UTTERANCE_CHARS, speechEventOf } from '../../../src/twilio/events.ts';
+import { speechEventOf } from '../../../src/transports/gather/events.ts';
+import { MAX_UTTERANCE_CHARS } from '../../../src/twilio/call-input.ts';
 import { compact, FROM_TWILIO, TO_TWILIO } from '../../fixtures/relay/twilio-docs-examples.ts';
 
 const CALL_SID = 'CA0123456789abcdef0123456789abcdef';
