@@ -28,8 +28,21 @@ export interface ElevenLabsConfig {
   outputFormat: string;
 }
 
+/** How callers are connected (CALL_TRANSPORT): Twilio's `<Gather>` webhooks, or ConversationRelay over a WebSocket. */
+export interface TransportConfig {
+  kind: 'gather' | 'relay';
+  /** ConversationRelay's speech settings (`<ConversationRelay>` attributes). */
+  relay: {
+    language: string;
+    ttsProvider?: 'ElevenLabs' | 'Google' | 'Amazon';
+    voice?: string;
+    interruptible: 'any' | 'speech' | 'dtmf' | 'none';
+  };
+}
+
 export interface Config {
   nodeEnv: string;
+  transport: TransportConfig;
   port: number;
   host: string;
   /** Where Twilio reaches the service; signatures are computed over it. No trailing slash. */
@@ -133,6 +146,7 @@ export function loadConfig(env: Env): Config {
 
   return {
     nodeEnv,
+    transport: transportOf(env),
     port,
     host: text(env, 'HOST') ?? '0.0.0.0',
     publicBaseUrl,
@@ -159,6 +173,28 @@ export function loadConfig(env: Env): Config {
       globalPerSecond: integer(env, 'RATE_LIMIT_GLOBAL_PER_SECOND', 2_000, 1, 1_000_000),
     },
   };
+}
+
+/**
+ * CALL_TRANSPORT and the relay's speech settings. ElevenLabs voices on the relay
+ * need the Twilio account enabled for them; the voice is a provider's voice name or id.
+ * @see https://www.twilio.com/docs/voice/twiml/connect/conversationrelay#attributes
+ */
+function transportOf(env: Env): TransportConfig {
+  const kind = oneOf(env, 'CALL_TRANSPORT', ['gather', 'relay'], 'gather');
+  const language = text(env, 'RELAY_LANGUAGE') ?? 'en-US';
+  if (!/^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$/.test(language)) throw new ConfigError('RELAY_LANGUAGE', `must be a BCP-47 language tag such as en-US, got ${JSON.stringify(language)}`);
+  const relay: TransportConfig['relay'] = {
+    language,
+    interruptible: oneOf(env, 'RELAY_INTERRUPTIBLE', ['any', 'speech', 'dtmf', 'none'], 'any'),
+  };
+  if (text(env, 'RELAY_TTS_PROVIDER') !== undefined) relay.ttsProvider = oneOf(env, 'RELAY_TTS_PROVIDER', ['ElevenLabs', 'Google', 'Amazon'] as const, 'Google');
+  const voice = text(env, 'RELAY_VOICE');
+  if (voice !== undefined) {
+    if (!/^[\w.:+-]{1,100}$/.test(voice)) throw new ConfigError('RELAY_VOICE', 'must be a voice name or id (letters, digits, . : + - _; at most 100)');
+    relay.voice = voice;
+  }
+  return { kind, relay };
 }
 
 function text(env: Env, name: string): string | undefined {

@@ -20,6 +20,8 @@ import { VoiceLibrary } from './speech/voice-library.ts';
 import type { CallStore } from './store/call-store.ts';
 import { SqliteCallStore } from './store/sqlite-store.ts';
 import { renderCallTwiml } from './transports/gather/twiml.ts';
+import { RelaySessions } from './transports/relay/relay-session.ts';
+import { renderRelayListening } from './transports/relay/webhook-twiml.ts';
 
 export interface Service {
   app: App;
@@ -60,6 +62,8 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     : undefined;
   const audioUrls = createAudioUrlSigner({ secret: config.twilioAuthToken, ttlSec: config.audioUrlTtlSec, now });
 
+  // ConversationRelay sockets open in this process, by call: streamed replies go to them.
+  const relaySessions = new RelaySessions();
   const turns = new Turns({
     agent,
     voice,
@@ -67,7 +71,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     now,
     agentTimeoutMs: config.agentTimeoutMs,
     replyPieces: config.replyPieces,
-    textSink: () => undefined,
+    textSink: (callSid) => relaySessions.get(callSid),
   });
   const engine = new CallEngine({
     store,
@@ -76,17 +80,23 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     now,
     webhookDeadlineMs: config.webhookDeadlineMs,
     agentTimeoutMs: config.agentTimeoutMs,
+    onSettled: (callSid, view) => relaySessions.settled(callSid, view),
   });
+  // A streamed call listens over ConversationRelay; every other state is TwiML as for <Gather>.
   const render = (view: CallView) =>
-    renderCallTwiml(view, {
-      baseUrl: config.publicBaseUrl,
-      signAudio: (path) => audioUrls.sign(path),
-      holdAudio: voice?.phraseIfReady('hold', PHRASES.hold) ? phraseAudioPath('hold') : undefined,
-    });
+    view.context.replyDelivery === 'streamed' && view.state === 'listening'
+      ? renderRelayListening(view, config.publicBaseUrl, config.transport.relay)
+      : renderCallTwiml(view, {
+          baseUrl: config.publicBaseUrl,
+          signAudio: (path) => audioUrls.sign(path),
+          holdAudio: voice?.phraseIfReady('hold', PHRASES.hold) ? phraseAudioPath('hold') : undefined,
+        });
 
   const app = buildApp({
     engine,
     render,
+    replyDelivery: config.transport.kind === 'relay' ? 'streamed' : 'pieces',
+    relaySessions,
     store,
     voice,
     audioUrls,
@@ -95,6 +105,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     audioUrlTtlSec: config.audioUrlTtlSec,
     rateLimits: config.rateLimits,
     answerBudgetMs: config.webhookAnswerBudgetMs,
+    webhookDeadlineMs: config.webhookDeadlineMs,
     adminToken: config.adminToken,
     log,
     now,

@@ -217,7 +217,9 @@ async function* streamReply(
 function requestBody(shape: AgentRequestShape, request: AgentRequest): Record<string, unknown> {
   if (shape === 'minimal') return { message: request.message };
   // `session_id` as well as `callSid`: agents built on common chat servers key memory on it.
-  return { message: request.message, history: request.history, callSid: request.callSid, session_id: request.callSid };
+  const body: Record<string, unknown> = { message: request.message, history: request.history, callSid: request.callSid, session_id: request.callSid };
+  if (request.digits !== undefined) body.digits = request.digits;
+  return body;
 }
 
 /**

@@ -7,6 +7,8 @@
 export interface AgentRequest {
   callSid: string;
   message: string;
+  /** The caller pressed these keys instead of speaking (`message` holds them too). */
+  digits?: string;
   history: Array<{ role: 'user' | 'assistant'; content: string }>;
 }
 

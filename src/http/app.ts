@@ -1,6 +1,7 @@
 /**
  * The HTTP surface, assembled: Twilio's webhooks (the `<Gather>` transport,
- * src/transports/gather/routes.ts), the signed audio route, the admin console and
+ * src/transports/gather/routes.ts), the ConversationRelay socket and its action
+ * URL (src/transports/relay/routes.ts), the signed audio route, the admin console and
  * health checks. The app never listens; src/server.ts does.
  *
  * Every Twilio webhook passes one hook that checks `X-Twilio-Signature` over the
@@ -22,6 +23,8 @@ import type { VoiceLibrary } from '../speech/voice-library.ts';
 import type { CallStore } from '../store/call-store.ts';
 import { WebhookInputError } from '../transports/gather/events.ts';
 import { gatherRoutes, isForm } from '../transports/gather/routes.ts';
+import type { RelaySessions } from '../transports/relay/relay-session.ts';
+import { relayRoutes } from '../transports/relay/routes.ts';
 import { audioRoutes } from './audio-routes.ts';
 import { rateLimits, type RateLimits } from './rate-limits.ts';
 
@@ -31,6 +34,10 @@ export interface AppOptions {
   render(view: CallView): string;
   /** How a new call's replies reach the caller (`streamed`: over ConversationRelay). */
   replyDelivery?: ReplyDelivery;
+  /** The ConversationRelay sockets of this process (the relay routes add to it). */
+  relaySessions: RelaySessions;
+  /** How long a relay caller waits for the agent's first words before the machine hears the turn is slow; default 3 s. */
+  webhookDeadlineMs?: number;
   store: CallStore;
   voice: VoiceLibrary | undefined;
   audioUrls: AudioUrlSigner;
@@ -118,6 +125,17 @@ export function buildApp(options: AppOptions) {
     replyDelivery: options.replyDelivery ?? 'pieces',
     answerBudgetMs: options.answerBudgetMs ?? DEFAULT_ANSWER_BUDGET_MS,
     sayVoice: options.sayVoice,
+    now,
+  });
+  app.register(relayRoutes, {
+    engine: options.engine,
+    sessions: options.relaySessions,
+    publicBaseUrl: options.publicBaseUrl,
+    twilioAuthToken: options.twilioAuthToken,
+    render: options.render,
+    slowAfterMs: options.webhookDeadlineMs ?? 3_000,
+    sayVoice: options.sayVoice,
+    log: options.log,
     now,
   });
   app.register(audioRoutes, { store: options.store, voice: options.voice, audioUrls: options.audioUrls, audioUrlTtlSec: options.audioUrlTtlSec });

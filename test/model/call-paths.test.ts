@@ -185,6 +185,9 @@ function describePath(steps: ModelStep[]): string {
   return `${names.join(' › ') || 'call connects'} → ${stateName(steps.at(-1)!.state.value)}`;
 }
 
+/** Events a `<Gather>` call never has: the caller speaking over streamed text, and a relay session resumed. */
+const RELAY_ONLY_EVENTS = new Set(['INTERRUPT', 'RECONNECTED']);
+
 describe('every generated path through the call machine, against the running service', () => {
   let callNumber = 0;
   for (const path of paths) {
@@ -224,9 +227,10 @@ describe('every generated path through the call machine, against the running ser
     });
   }
 
-  it('reaches every state and every edge of the machine', () => {
+  it('reaches every state and every edge of the machine that <Gather> calls take', () => {
     const states = graph.states.map((s) => s.id);
-    const edges = graph.edges.map((e) => e.id);
+    // Events only a ConversationRelay call produces: its own model paths cover their edges.
+    const edges = graph.edges.filter((e) => e.event === null || !RELAY_ONLY_EVENTS.has(e.event)).map((e) => e.id);
     const missingStates = states.filter((s) => !covered.states.has(s));
     const missingEdges = edges.filter((e) => !covered.edges.has(e));
     const line =
