@@ -472,7 +472,6 @@ export const callMachine = setup({
           const previous = context.turns.at(-1);
           const input: VoiceInput = { callSid: context.callSid, prompt: context.prompt };
           if (context.prompt.kind === 'reply' && previous) {
-            input.previousText = previous.caller;
             input.reply = replyProgress(context);
           }
           return input;

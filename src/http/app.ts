@@ -20,7 +20,8 @@ import { adminRoutes } from '../admin/admin-routes.ts';
 import type { CallEngine, EngineAnswer } from '../engine/call-engine.ts';
 import { replyAudioId } from '../engine/call-engine.ts';
 import type { AudioUrlSigner } from '../speech/audio-url.ts';
-import type { SynthesisedAudio } from '../speech/speech.ts';
+import { textAround } from '../speech/speakable-pieces.ts';
+import type { SpeechRequest, SynthesisedAudio } from '../speech/speech.ts';
 import type { VoiceLibrary } from '../speech/voice-library.ts';
 import type { CallStore } from '../store/call-store.ts';
 import {
@@ -52,6 +53,7 @@ export interface AppOptions {
   log: Logger;
   now?: () => number;
   sayVoice?: string;
+  sayLanguage?: string;
   /** Largest request body accepted, bytes (Twilio's forms are a few KB). */
   bodyLimit?: number;
   /** Bearer token for /admin; undefined turns the admin console off. */
@@ -197,7 +199,7 @@ export function buildApp(options: AppOptions) {
       const stored = voice ? await options.store.load(callSid) : null;
       const spoken = stored ? spokenText(stored.record.turns, key) : undefined;
       if (!voice || !spoken) return reply.code(404).send('Not Found');
-      return sendAudio(reply, () => voice.reply(replyAudioId(callSid, key), spoken.text, spoken.previousText), options.audioUrlTtlSec);
+      return sendAudio(reply, () => voice.replyPiece(replyAudioId(callSid, key), spoken), options.audioUrlTtlSec);
     },
   );
 
@@ -272,7 +274,7 @@ function recoveryAttempt(request: FastifyRequest): number {
 }
 
 function sayVoice(options: AppOptions) {
-  return options.sayVoice ? { sayVoice: options.sayVoice } : {};
+  return { sayVoice: options.sayVoice, sayLanguage: options.sayLanguage };
 }
 
 function sendAnswer(reply: FastifyReply, answer: EngineAnswer, options: AppOptions) {
@@ -286,14 +288,14 @@ function sendAnswer(reply: FastifyReply, answer: EngineAnswer, options: AppOptio
  * piece when it was voiced in pieces; `t<turn>p<n>` its n-th piece after that.
  */
 function spokenText(
-  turns: Array<{ index: number; caller: string; reply?: string; pieces?: string[] }>,
+  turns: Array<{ index: number; reply?: string; pieces?: string[] }>,
   key: string,
-): { text: string; previousText: string } | undefined {
+): SpeechRequest | undefined {
   const match = /^t(\d{1,6})(?:p([1-9]\d{0,3}))?$/.exec(key);
   const turn = match ? turns[Number(match[1])] : undefined;
   const piece = Number(match?.[2] ?? 0);
   const text = turn?.pieces ? turn.pieces[piece] : piece === 0 ? turn?.reply : undefined;
-  return turn && text ? { text, previousText: turn.pieces?.[piece - 1] ?? turn.caller } : undefined;
+  return turn && text ? { text, ...(turn.pieces ? textAround(turn.pieces, piece) : {}) } : undefined;
 }
 
 /** Audio is cached and fetched again (by Twilio, by other pieces): hash it once. */

@@ -55,6 +55,8 @@ export interface RenderOptions {
   holdAudio?: string | undefined;
   /** Voice for `<Say>` (e.g. `Polly.Joanna`); Twilio's default when absent. */
   sayVoice?: string | undefined;
+  /** Language for `<Say>` (e.g. `en-GB`); Twilio's default when absent. */
+  sayLanguage?: string | undefined;
 }
 
 type Speaker = Pick<VoiceResponse, 'say' | 'play'>;
@@ -126,8 +128,11 @@ function replyUnderWay(view: CallView): boolean {
 
 function say(into: Speaker, raw: string, options: RenderOptions) {
   const text = speakableText(raw);
-  if (options.sayVoice) into.say({ voice: options.sayVoice as VoiceResponse.SayAttributes["voice"] }, text);
-  else into.say(text);
+  const attributes: VoiceResponse.SayAttributes = {};
+  // Validated at start against Twilio's forms (src/config.ts SAY_VOICE, SAY_LANGUAGE).
+  if (options.sayVoice) attributes.voice = options.sayVoice as VoiceResponse.SayAttributes['voice'];
+  if (options.sayLanguage) attributes.language = options.sayLanguage as VoiceResponse.SayAttributes['language'];
+  into.say(attributes, text);
 }
 
 /**
@@ -147,7 +152,7 @@ function hold(response: VoiceResponse, view: CallView, options: RenderOptions) {
 }
 
 /** A webhook for a call this service does not know (or no longer keeps). */
-export function renderUnknownCall(options: Pick<RenderOptions, 'sayVoice'>): string {
+export function renderUnknownCall(options: Pick<RenderOptions, 'sayVoice' | 'sayLanguage'>): string {
   const response = new VoiceResponse();
   say(response, "Sorry, this call can't be continued. Please call again. Goodbye.", { ...options, baseUrl: '', signAudio: (p) => p });
   response.hangup();
@@ -176,7 +181,7 @@ export interface UntakenSpeech {
  */
 export function renderRecovery(
   attempt: number,
-  options: Pick<RenderOptions, 'baseUrl' | 'sayVoice'>,
+  options: Pick<RenderOptions, 'baseUrl' | 'sayVoice' | 'sayLanguage'>,
   speech?: UntakenSpeech,
   continuing = false,
 ): string {
