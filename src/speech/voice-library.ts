@@ -121,17 +121,19 @@ export class VoiceLibrary {
   }
 
   async #synthesise(request: SpeechRequest, ticket: SlotTicket): Promise<SynthesisedAudio> {
+    const askedAt = Date.now();
+    let startedAt: number | undefined;
     using link = new LinkedAbort();
-    link.deadline(this.#deadlineMs, `no audio from speech synthesis within ${this.#deadlineMs} ms of asking`);
-    let sent = false;
+    link.deadline(this.#deadlineMs);
     try {
       return await this.#slots.run(ticket, link.signal, () => {
-        sent = true;
+        startedAt = Date.now();
         return this.#speech.synthesise(request, link.signal);
       });
     } catch (error) {
-      if (sent || !isTimeout(error)) throw error;
-      throw new SpeechError(`no free synthesis slot within ${this.#deadlineMs} ms (all ELEVENLABS_MAX_CONCURRENCY slots were busy)`, { cause: error });
+      if (!isTimeout(link.signal.reason)) throw error;
+      const waited = (startedAt ?? Date.now()) - askedAt;
+      throw new SpeechError(`no audio within ${this.#deadlineMs} ms of asking (${waited} ms of it waiting for a free synthesis slot)`, { cause: error });
     }
   }
 
