@@ -151,6 +151,8 @@ function serviceEnv(mode: 'pieces' | 'whole', outputFormat = latency.outputForma
     ELEVEN_VOICE_ID: 'bench-voice',
     ELEVENLABS_BASE_URL: fakes.elevenLabsUrl,
     ELEVEN_OUTPUT_FORMAT: outputFormat,
+    // The fake ElevenLabs has no plan limit: the service's own limit would be what is measured.
+    ELEVENLABS_MAX_CONCURRENCY: '1000',
     WEBHOOK_DEADLINE_MS: args.deadline!,
     REPLY_PIECES: mode === 'whole' ? 'whole' : 'sentences',
   };

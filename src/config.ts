@@ -114,7 +114,7 @@ export function loadConfig(env: Env): Config {
       modelId,
       outputFormat: oneOf(env, 'ELEVEN_OUTPUT_FORMAT', PLAYABLE_OUTPUT_FORMATS, DEFAULT_OUTPUT_FORMAT),
       maxConcurrency: integer(env, 'ELEVENLABS_MAX_CONCURRENCY', starterPlanConcurrency(modelId), 1, 1_000),
-      deadlineMs: integer(env, 'ELEVENLABS_DEADLINE_MS', 3_000, 500, 12_000),
+      deadlineMs: integer(env, 'ELEVENLABS_DEADLINE_MS', 2_500, 500, 12_000),
     };
   }
   const sayVoice = matching(env, 'SAY_VOICE', SAY_VOICE, 'man, woman, alice, Polly.<Name>[-Neural|-Generative] or Google.<locale>-<family>-<variant>');

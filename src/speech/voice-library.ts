@@ -50,7 +50,7 @@ export class VoiceLibrary {
     this.#voiceKey = options.voiceKey;
     this.#maxReplyBytes = options.maxReplyBytes ?? 64 * 1024 * 1024;
     this.#slots = new SynthesisSlots(options.maxConcurrent ?? 6);
-    this.#deadlineMs = options.deadlineMs ?? 3_000;
+    this.#deadlineMs = options.deadlineMs ?? 2_500;
   }
 
   /** A fixed phrase a caller is waiting for, synthesised at most once per process (a failure is retried next time). */
