@@ -11,10 +11,11 @@
  * Pieces that arrive together (a burst of buffered text, or a fast agent whose
  * whole answer comes in one read) are merged into one piece: no reason to cut what
  * can be voiced in one go. Pieces are voiced one at a time, in order, so a call
- * never has more than one synthesis running (ElevenLabs limits concurrency per
- * plan), and each piece is voiced with the reply's own text before it and, when
- * already known, the text after it (`textAround`), so the pieces sound like one
- * utterance.
+ * takes at most one of the process's synthesis slots (voice-library.ts: ElevenLabs
+ * limits concurrency per plan) and a long answer never queues ahead of another
+ * caller's first piece; each piece is voiced with the reply's own text before it
+ * and, when already known, the text after it (`textAround`), so the pieces sound
+ * like one utterance.
  *
  * A stream can also start from an answer the store already holds (`written`, put
  * there by the instance that streamed it): its pieces are voiced the same way and
@@ -178,10 +179,7 @@ export class ReplyStream {
   }
 
   async #voice(voice: VoiceLibrary, piece: ReplyPiece): Promise<void> {
-    const around = textAround(
-      this.pieces.map((p) => p.text),
-      piece.index,
-    );
+    const around = textAround(this.pieces.map((p) => p.text), piece.index);
     try {
       await voice.replyPiece(this.#options.audioId(piece.index), { text: piece.text, ...around });
       piece.voiced = true;
