@@ -72,6 +72,9 @@ export async function startLoadTarget(env: Record<string, string> = {}): Promise
     ELEVENLABS_BASE_URL: eleven.url,
     // The fake ElevenLabs has no plan limit: the service's own limit would be what is measured.
     ELEVENLABS_MAX_CONCURRENCY: '1000',
+    // Every turn must be voiced: on a starved 2-core machine a loopback synthesis can outlast
+    // the production 2.5 s, a deadline meant for ElevenLabs' latency, not for this machine's.
+    ELEVENLABS_DEADLINE_MS: '8000',
     ...env,
   });
   const logCounts: Record<string, number> = {};
