@@ -202,8 +202,8 @@ function starterPlanConcurrency(modelId: string): number {
  *
  * @see https://www.twilio.com/docs/voice/twiml/say/text-speech
  */
-export const SAY_VOICE = /^(?:man|woman|alice|Polly\.\p{L}+(?:-Neural|-Generative)?|Google\.[a-z]{2,3}-[A-Za-z]{2}(?:-[A-Za-z0-9]+){2,3})$/u;
-export const SAY_LANGUAGE = /^[a-z]{2,3}(?:-[A-Z]{2}(?:-[A-Z]{3})?)?$/;
+const SAY_VOICE = /^(?:man|woman|alice|Polly\.\p{L}+(?:-Neural|-Generative)?|Google\.[a-z]{2,3}-[A-Za-z]{2}(?:-[A-Za-z0-9]+){2,3})$/u;
+const SAY_LANGUAGE = /^[a-z]{2,3}(?:-[A-Z]{2}(?:-[A-Z]{3})?)?$/;
 
 function text(env: Env, name: string): string | undefined {
   const value = env[name]?.trim();
