@@ -10,6 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { DEFAULT_OUTPUT_FORMAT, PLAYABLE_OUTPUT_FORMATS } from './speech/elevenlabs.ts';
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -26,6 +27,10 @@ export interface ElevenLabsConfig {
   baseUrl: string;
   modelId: string;
   outputFormat: string;
+  /** Syntheses running at once, at most, in this process. */
+  maxConcurrency: number;
+  /** Longest a piece of audio may take from when it is asked, its wait for a free slot included. */
+  deadlineMs: number;
 }
 
 /** How callers are connected (CALL_TRANSPORT): Twilio's `<Gather>` webhooks, or ConversationRelay over a WebSocket. */
@@ -59,6 +64,9 @@ export interface Config {
   /** `sentences`: a reply is voiced piece by piece as the agent writes it; `whole`: only once it is complete. */
   replyPieces: 'sentences' | 'whole';
   elevenLabs: ElevenLabsConfig | undefined;
+  /** Voice and language of `<Say>` (the phone's voice); Twilio's account defaults when unset. */
+  sayVoice: string | undefined;
+  sayLanguage: string | undefined;
   dataDir: string;
   callStore: 'sqlite' | 'firestore';
   gcpProjectId: string | undefined;
@@ -109,16 +117,25 @@ export function loadConfig(env: Env): Config {
     const missing = apiKey === undefined ? 'ELEVENLABS_API_KEY' : 'ELEVEN_VOICE_ID';
     throw new ConfigError(missing, 'is required when the other ElevenLabs setting is set (set both, or neither to use the phone\u2019s own voice)');
   }
-  const elevenLabs =
-    apiKey && voiceId
-      ? {
-          apiKey,
-          voiceId,
-          baseUrl: url(env, 'ELEVENLABS_BASE_URL', 'https://api.elevenlabs.io', false),
-          modelId: text(env, 'ELEVEN_MODEL_ID') ?? 'eleven_flash_v2_5',
-          outputFormat: oneOf(env, 'ELEVEN_OUTPUT_FORMAT', ['mp3_44100_128', 'mp3_22050_32', 'ulaw_8000'], 'mp3_44100_128'),
-        }
-      : undefined;
+  let elevenLabs: ElevenLabsConfig | undefined;
+  if (apiKey && voiceId) {
+    const modelId = text(env, 'ELEVEN_MODEL_ID') ?? 'eleven_flash_v2_5';
+    elevenLabs = {
+      apiKey,
+      voiceId,
+      baseUrl: url(env, 'ELEVENLABS_BASE_URL', 'https://api.elevenlabs.io', false),
+      modelId,
+      outputFormat: oneOf(env, 'ELEVEN_OUTPUT_FORMAT', PLAYABLE_OUTPUT_FORMATS, DEFAULT_OUTPUT_FORMAT),
+      maxConcurrency: integer(env, 'ELEVENLABS_MAX_CONCURRENCY', starterPlanConcurrency(modelId), 1, 1_000),
+      deadlineMs: integer(env, 'ELEVENLABS_DEADLINE_MS', 2_500, 500, 12_000),
+    };
+  }
+  const sayVoice = matching(env, 'SAY_VOICE', SAY_VOICE, 'man, woman, alice, Polly.<Name>[-Neural|-Generative] or Google.<locale>-<family>-<variant>');
+  const sayLanguage = matching(env, 'SAY_LANGUAGE', SAY_LANGUAGE, 'a language tag such as en-US');
+  const googleLocale = sayVoice?.startsWith('Google.') ? sayVoice.slice('Google.'.length).split('-', 2).join('-') : undefined;
+  if (googleLocale && sayLanguage && googleLocale.toLowerCase() !== sayLanguage.toLowerCase()) {
+    throw new ConfigError('SAY_LANGUAGE', `must be the language of SAY_VOICE ${sayVoice} (${googleLocale}), got "${sayLanguage}"`);
+  }
 
   const callStore = oneOf(env, 'CALL_STORE', ['sqlite', 'firestore'], 'sqlite');
   const gcpProjectId = text(env, 'GCP_PROJECT_ID');
@@ -158,6 +175,8 @@ export function loadConfig(env: Env): Config {
     agentRequest: oneOf(env, 'AGENT_REQUEST', ['full', 'minimal'], 'full'),
     replyPieces: oneOf(env, 'REPLY_PIECES', ['sentences', 'whole'], 'sentences'),
     elevenLabs,
+    sayVoice,
+    sayLanguage,
     dataDir,
     callStore,
     gcpProjectId,
@@ -197,6 +216,31 @@ function transportOf(env: Env): TransportConfig {
   return { kind, relay };
 }
 
+/**
+ * ElevenLabs' concurrency limit on the smallest paid plan (Starter) for the model:
+ * 6 requests at once with the Flash and Turbo models, 3 with the others
+ * (Multilingual v2). Plans above allow more; set ELEVENLABS_MAX_CONCURRENCY to yours.
+ *
+ * @see elevenlabs/elevenlabs-docs fern/docs/pages/models.mdx ("Concurrency and priority")
+ */
+function starterPlanConcurrency(modelId: string): number {
+  return /^eleven_(?:flash|turbo)_/.test(modelId) ? 6 : 3;
+}
+
+/**
+ * `<Say>` voices in the forms Twilio documents: `man`, `woman`, `alice`, Amazon
+ * Polly's `Polly.<Name>` (optionally `-Neural` or `-Generative`) and Google's
+ * `Google.<locale>-<family>-<variant>` (`Google.en-US-Neural2-F`,
+ * `Google.en-US-Chirp3-HD-Aoede`); languages as Twilio writes them (`en-US`,
+ * `cmn-CN`, `arb`, `en-GB-WLS`). The same forms as the `SayVoice` and `SayLanguage`
+ * lists of Twilio's own library (twilio/lib/twiml/VoiceResponse.d.ts), which the
+ * test checks every entry of.
+ *
+ * @see https://www.twilio.com/docs/voice/twiml/say/text-speech
+ */
+const SAY_VOICE = /^(?:man|woman|alice|Polly\.\p{L}+(?:-Neural|-Generative)?|Google\.[a-z]{2,3}-[A-Za-z]{2}(?:-[A-Za-z0-9]+){2,3})$/u;
+const SAY_LANGUAGE = /^[a-z]{2,3}(?:-[A-Z]{2}(?:-[A-Z]{3})?)?$/;
+
 function text(env: Env, name: string): string | undefined {
   const value = env[name]?.trim();
   return value === undefined || value === '' ? undefined : value;
@@ -218,6 +262,12 @@ function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], 
     throw new ConfigError(name, `must be one of ${allowed.join(', ')}, got "${raw}"`);
   }
   return raw as T;
+}
+
+function matching(env: Env, name: string, pattern: RegExp, expected: string): string | undefined {
+  const raw = text(env, name);
+  if (raw !== undefined && !pattern.test(raw)) throw new ConfigError(name, `must be ${expected}, got "${raw}"`);
+  return raw;
 }
 
 function url(env: Env, name: string, fallback: string, httpsOnly: boolean): string {

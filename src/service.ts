@@ -4,7 +4,7 @@
  * real service with fakes of the outside world.
  */
 import type { Logger } from 'pino';
-import { PHRASES, type PhraseName } from '../machines/call.machine.ts';
+import { PHRASES } from '../machines/call.machine.ts';
 import { createAgentClient } from './agent/agent-client.ts';
 import type { Agent } from './agent/agent.ts';
 import { createLocalAgent } from './agent/local-agent.ts';
@@ -54,12 +54,17 @@ export async function createService(config: Config, log: Logger, overrides: Serv
         totalTimeoutMs: config.agentTimeoutMs,
       })
     : createLocalAgent();
-  const voice = config.elevenLabs
+  const eleven = config.elevenLabs;
+  const voice = eleven
     ? new VoiceLibrary({
-        speech: createElevenLabsSpeech({ ...config.elevenLabs, http }),
-        voiceKey: `${config.elevenLabs.voiceId}|${config.elevenLabs.modelId}|${config.elevenLabs.outputFormat}`,
+        speech: createElevenLabsSpeech({ ...eleven, http, timeoutMs: eleven.deadlineMs }),
+        voiceKey: `${eleven.voiceId}|${eleven.modelId}|${eleven.outputFormat}`,
+        maxConcurrent: eleven.maxConcurrency,
+        deadlineMs: eleven.deadlineMs,
       })
     : undefined;
+  // The phone's own voice, for every <Say>: the fallback when a piece has no audio.
+  const say = { sayVoice: config.sayVoice, sayLanguage: config.sayLanguage };
   const audioUrls = createAudioUrlSigner({ secret: config.twilioAuthToken, ttlSec: config.audioUrlTtlSec, now });
 
   // ConversationRelay sockets open in this process, by call: streamed replies go to them.
@@ -90,6 +95,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
           baseUrl: config.publicBaseUrl,
           signAudio: (path) => audioUrls.sign(path),
           holdAudio: voice?.phraseIfReady('hold', PHRASES.hold) ? phraseAudioPath('hold') : undefined,
+          ...say,
         });
 
   const app = buildApp({
@@ -107,6 +113,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     answerBudgetMs: config.webhookAnswerBudgetMs,
     webhookDeadlineMs: config.webhookDeadlineMs,
     adminToken: config.adminToken,
+    ...say,
     log,
     now,
   });
@@ -119,10 +126,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     voice,
     async warmUp() {
       if (!voice) return;
-      const results = await Promise.allSettled(
-        (Object.keys(PHRASES) as PhraseName[]).map((name) => voice.phrase(name, PHRASES[name])),
-      );
-      const failed = results.filter((r) => r.status === 'rejected').length;
+      const failed = await voice.warmUp(PHRASES);
       if (failed > 0) log.warn({ failed }, 'some fixed phrases could not be synthesised yet; they will be tried again per call');
     },
     async close() {

@@ -79,7 +79,7 @@ describe('a call with the agent and ElevenLabs voice', () => {
     const play = call.heard.filter((h) => h.verb === 'Play');
     expect(play).toHaveLength(2);
     for (const p of play) {
-      expect(p.verb === 'Play' && p.contentType).toBe('audio/mpeg');
+      expect(p.verb === 'Play' && p.contentType).toBe('audio/wav');
       expect(p.verb === 'Play' && new URL(p.url).searchParams.get('sig')).toMatch(/^[\w-]{43}$/);
     }
   });

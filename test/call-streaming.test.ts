@@ -86,10 +86,10 @@ describe('a reply voiced while the agent writes it', () => {
     expect(verbs(turn.documents[0]!)).toEqual(['Play', 'Redirect']);
     expect(verbs(turn.documents.at(-1)!)).toEqual(['Gather(Play,Play)']);
     expect(spoken(turn.heard)).toEqual(['[audio]', '[audio]', '[audio]']);
-    // ElevenLabs got each sentence, in order, with the sentence before it for continuity.
+    // ElevenLabs got each sentence, in order, with the reply's sentences before it for continuity.
     const voiced = fakes.eleven.requests.filter((r) => r.body?.text !== PHRASES.greeting);
     expect(voiced.map((r) => r.body?.text)).toEqual(SENTENCES);
-    expect(voiced.map((r) => r.body?.previous_text)).toEqual(['When do you open?', SENTENCES[0], SENTENCES[1]]);
+    expect(voiced.map((r) => r.body?.previous_text)).toEqual([undefined, SENTENCES[0], `${SENTENCES[0]} ${SENTENCES[1]}`]);
     // The first piece's synthesis started while the agent was still writing.
     expect(fakes.agent.sentChunks.length - sentBefore).toBe(ANSWER.split(' ').length);
 

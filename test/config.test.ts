@@ -65,6 +65,16 @@ describe('configuration', () => {
       [{ AGENT_FIRST_TEXT_TIMEOUT_MS: '30000' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
       [{ AGENT_TIMEOUT_MS: '10000', AGENT_FIRST_TEXT_TIMEOUT_MS: '12000' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
       [{ AGENT_REQUEST: 'strict' }, 'AGENT_REQUEST'],
+      [{ ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v', ELEVENLABS_MAX_CONCURRENCY: '0' }, 'ELEVENLABS_MAX_CONCURRENCY'],
+      [{ ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v', ELEVENLABS_MAX_CONCURRENCY: 'six' }, 'ELEVENLABS_MAX_CONCURRENCY'],
+      [{ ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v', ELEVENLABS_DEADLINE_MS: '100' }, 'ELEVENLABS_DEADLINE_MS'],
+      [{ ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v', ELEVENLABS_DEADLINE_MS: '20000' }, 'ELEVENLABS_DEADLINE_MS'],
+      [{ SAY_VOICE: 'Joanna' }, 'SAY_VOICE'],
+      [{ SAY_VOICE: 'Polly.Joanna-Loud' }, 'SAY_VOICE'],
+      [{ SAY_VOICE: 'Google.en-US' }, 'SAY_VOICE'],
+      [{ SAY_LANGUAGE: 'english' }, 'SAY_LANGUAGE'],
+      [{ SAY_LANGUAGE: 'en_US' }, 'SAY_LANGUAGE'],
+      [{ SAY_VOICE: 'Google.en-US-Neural2-F', SAY_LANGUAGE: 'en-GB' }, 'SAY_LANGUAGE'],
     ];
     for (const [env, variable] of cases) {
       const error = errorOf({ DATA_DIR: dir, ...env });
@@ -114,5 +124,31 @@ describe('configuration', () => {
       replyPieces: 'whole',
       agentRequest: 'minimal',
     });
+  });
+
+  it('voices with ulaw_8000, within the smallest paid plan’s concurrency for the model, unless told otherwise', () => {
+    const base = { DATA_DIR: dataDir(), ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v' };
+    expect(loadConfig(base).elevenLabs).toMatchObject({ outputFormat: 'ulaw_8000', maxConcurrency: 6, deadlineMs: 2_500 });
+    expect(loadConfig({ ...base, ELEVEN_MODEL_ID: 'eleven_turbo_v2_5' }).elevenLabs?.maxConcurrency).toBe(6);
+    expect(loadConfig({ ...base, ELEVEN_MODEL_ID: 'eleven_multilingual_v2' }).elevenLabs?.maxConcurrency).toBe(3);
+    expect(
+      loadConfig({ ...base, ELEVEN_OUTPUT_FORMAT: 'mp3_44100_128', ELEVENLABS_MAX_CONCURRENCY: '30', ELEVENLABS_DEADLINE_MS: '4000' }).elevenLabs,
+    ).toMatchObject({ outputFormat: 'mp3_44100_128', maxConcurrency: 30, deadlineMs: 4_000 });
+    for (const format of ['mp3_22050_32', 'mp3_44100_64', 'mp3_44100_192']) {
+      expect(loadConfig({ ...base, ELEVEN_OUTPUT_FORMAT: format }).elevenLabs?.outputFormat).toBe(format);
+    }
+  });
+
+  it('takes every <Say> voice and language in Twilio’s own list, and the phone’s defaults when unset', () => {
+    // The SayVoice and SayLanguage types of Twilio's helper library: its documented names.
+    const types = readFileSync(join(import.meta.dirname, '../node_modules/twilio/lib/twiml/VoiceResponse.d.ts'), 'utf8');
+    const names = (type: string) => [...new RegExp(`type ${type} = ([^;]+);`).exec(types)![1]!.matchAll(/"([^"]+)"/g)].map((m) => m[1]!);
+    const dir = dataDir();
+    const voices = names('SayVoice');
+    expect(voices.length).toBeGreaterThan(100);
+    for (const voice of voices) expect(loadConfig({ DATA_DIR: dir, SAY_VOICE: voice }).sayVoice).toBe(voice);
+    for (const language of names('SayLanguage')) expect(loadConfig({ DATA_DIR: dir, SAY_LANGUAGE: language }).sayLanguage).toBe(language);
+    expect(loadConfig({ DATA_DIR: dir, SAY_VOICE: 'Google.fil-ph-Neural2-A', SAY_LANGUAGE: 'fil-PH' })).toMatchObject({ sayLanguage: 'fil-PH' });
+    expect(loadConfig({ DATA_DIR: dir })).toMatchObject({ sayVoice: undefined, sayLanguage: undefined });
   });
 });

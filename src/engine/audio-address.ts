@@ -10,6 +10,8 @@
  * in one piece keeps the key it always had.
  */
 import { replyKey, type Turn } from '../../machines/call.machine.ts';
+import { textAround } from '../speech/speakable-pieces.ts';
+import type { SpeechRequest } from '../speech/speech.ts';
 
 export const AUDIO_ROUTES = {
   phrase: '/audio/phrase/:name',
@@ -40,27 +42,17 @@ export function replyAudioPath(callSid: string, key: string): string {
   return `/audio/call/${callSid}/${key}`;
 }
 
-/** What a piece key speaks, with the reply's own text around it (ElevenLabs' previous_text / next_text). */
-export interface PieceText {
-  text: string;
-  previousText?: string;
-  nextText?: string;
-}
-
 /**
- * The text of a reply piece, from a call's turns: `t<turn>` is that turn's reply,
- * or its first piece when it was voiced in pieces; `t<turn>p<n>` its n-th piece after that.
+ * The text of a reply piece, from a call's turns, with the reply's own text
+ * around it (ElevenLabs' previous_text / next_text, never the caller's words):
+ * `t<turn>` is that turn's reply, or its first piece when it was voiced in
+ * pieces; `t<turn>p<n>` its n-th piece after that.
  */
-export function pieceText(turns: Array<Pick<Turn, 'index' | 'reply' | 'pieces'>>, key: string): PieceText | undefined {
+export function pieceText(turns: Array<Pick<Turn, 'index' | 'reply' | 'pieces'>>, key: string): SpeechRequest | undefined {
   const address = parsePieceKey(key);
   if (!address) return undefined;
   const turn = turns.find((t) => t.index === address.turn);
   const text = turn?.pieces ? turn.pieces[address.piece] : address.piece === 0 ? turn?.reply : undefined;
   if (!turn || !text) return undefined;
-  const spoken: PieceText = { text };
-  const previousText = turn.pieces?.[address.piece - 1];
-  const nextText = turn.pieces?.[address.piece + 1];
-  if (previousText) spoken.previousText = previousText;
-  if (nextText) spoken.nextText = nextText;
-  return spoken;
+  return { text, ...(turn.pieces ? textAround(turn.pieces, address.piece) : {}) };
 }

@@ -11,9 +11,11 @@
  * Pieces that arrive together (a burst of buffered text, or a fast agent whose
  * whole answer comes in one read) are merged into one piece: no reason to cut what
  * can be voiced in one go. Pieces are voiced one at a time, in order, so a call
- * never has more than one synthesis running (ElevenLabs limits concurrency per
- * plan), and each piece is voiced with the text before it and, when already known,
- * the text after it, so the pieces sound like one utterance.
+ * takes at most one of the process's synthesis slots (voice-library.ts: ElevenLabs
+ * limits concurrency per plan) and a long answer never queues ahead of another
+ * caller's first piece; each piece is voiced with the reply's own text before it
+ * and, when already known, the text after it (`textAround`), so the pieces sound
+ * like one utterance.
  *
  * A stream can also start from an answer the store already holds (`written`, put
  * there by the instance that streamed it): its pieces are voiced the same way and
@@ -23,7 +25,7 @@
  */
 import { AgentError, type Agent, type AgentRequest } from '../agent/agent.ts';
 import { LinkedAbort } from '../http-client/linked-abort.ts';
-import { SpeakablePieces, type PieceMode } from '../speech/speakable-pieces.ts';
+import { SpeakablePieces, textAround, type PieceMode } from '../speech/speakable-pieces.ts';
 import type { VoiceLibrary } from '../speech/voice-library.ts';
 
 export interface ReplyPiece {
@@ -181,10 +183,9 @@ export class ReplyStream {
   }
 
   async #voice(voice: VoiceLibrary, piece: ReplyPiece): Promise<void> {
-    const previousText = this.pieces[piece.index - 1]?.text ?? this.#options.request.message;
-    const nextText = this.pieces[piece.index + 1]?.text;
+    const around = textAround(this.pieces.map((p) => p.text), piece.index);
     try {
-      await voice.replyPiece(this.#options.audioId(piece.index), { text: piece.text, previousText, ...(nextText ? { nextText } : {}) });
+      await voice.replyPiece(this.#options.audioId(piece.index), { text: piece.text, ...around });
       piece.voiced = true;
     } catch (error) {
       piece.voiced = false;

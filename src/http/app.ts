@@ -23,6 +23,7 @@ import type { VoiceLibrary } from '../speech/voice-library.ts';
 import type { CallStore } from '../store/call-store.ts';
 import { WebhookInputError } from '../transports/gather/events.ts';
 import { gatherRoutes, isForm } from '../transports/gather/routes.ts';
+import type { SayOptions } from '../transports/gather/twiml.ts';
 import type { RelaySessions } from '../transports/relay/relay-session.ts';
 import { relayRoutes } from '../transports/relay/routes.ts';
 import { audioRoutes } from './audio-routes.ts';
@@ -50,7 +51,9 @@ export interface AppOptions {
   answerBudgetMs?: number;
   log: Logger;
   now?: () => number;
-  sayVoice?: string;
+  /** Voice and language of `<Say>` (SAY_VOICE, SAY_LANGUAGE); Twilio's defaults when absent. */
+  sayVoice?: string | undefined;
+  sayLanguage?: string | undefined;
   /** Largest request body accepted, bytes (Twilio's forms are a few KB). */
   bodyLimit?: number;
   /** Bearer token for /admin; undefined turns the admin console off. */
@@ -124,7 +127,7 @@ export function buildApp(options: AppOptions) {
     render: options.render,
     replyDelivery: options.replyDelivery ?? 'pieces',
     answerBudgetMs: options.answerBudgetMs ?? DEFAULT_ANSWER_BUDGET_MS,
-    sayVoice: options.sayVoice,
+    say: sayOf(options),
     now,
   });
   app.register(relayRoutes, {
@@ -134,7 +137,7 @@ export function buildApp(options: AppOptions) {
     twilioAuthToken: options.twilioAuthToken,
     render: options.render,
     slowAfterMs: options.webhookDeadlineMs ?? 3_000,
-    sayVoice: options.sayVoice,
+    say: sayOf(options),
     log: options.log,
     now,
   });
@@ -149,6 +152,14 @@ export function buildApp(options: AppOptions) {
   });
 
   return app;
+}
+
+/** The `<Say>` settings, without absent ones. */
+function sayOf(options: AppOptions): SayOptions {
+  const say: SayOptions = {};
+  if (options.sayVoice) say.sayVoice = options.sayVoice;
+  if (options.sayLanguage) say.sayLanguage = options.sayLanguage;
+  return say;
 }
 
 export type App = ReturnType<typeof buildApp>;

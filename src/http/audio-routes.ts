@@ -46,7 +46,7 @@ export async function audioRoutes(app: FastifyInstance, options: AudioRoutesOpti
     const stored = voice ? await store.load(callSid) : null;
     const spoken = stored ? pieceText(stored.record.turns, key) : undefined;
     if (!voice || !spoken) return reply.code(404).send('Not Found');
-    return sendAudio(reply, () => voice.reply(id, spoken.text, spoken.previousText), audioUrlTtlSec);
+    return sendAudio(reply, () => voice.replyPiece(id, spoken), audioUrlTtlSec);
   });
 
   function checkSignature(request: FastifyRequest<{ Querystring: AudioQuery }>, reply: FastifyReply, path: string) {

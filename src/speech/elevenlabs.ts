@@ -3,7 +3,7 @@
  * per piece of text, read to the end, so Twilio's <Play> gets a complete file.
  *
  * What it guards against: an error body (JSON) handed on as audio, a stream cut
- * off half-way, a busy or saturated ElevenLabs (429s that are worth one more try)
+ * off half-way, a busy or saturated ElevenLabs (429s worth one more try, once)
  * and a request that hangs while the caller waits. Every failure is a
  * `SpeechError`; the transport then falls back to <Say>.
  *
@@ -17,16 +17,39 @@ import { HttpClient, httpUrl, readBodyPrefix, type HttpAnswer } from '../http-cl
 import { SpeechError, type Speech, type SpeechRequest, type SynthesisedAudio } from './speech.ts';
 import { isTimeout, LinkedAbort } from '../http-client/linked-abort.ts';
 
+/**
+ * The `output_format` values Twilio's <Play> can play: ElevenLabs' MP3 formats
+ * (served as `audio/mpeg`) and `ulaw_8000`, the phone network's own 8 kHz μ-law,
+ * which ElevenLabs sends headerless and this adapter wraps as `audio/wav`. The
+ * others in ElevenLabs' list (raw PCM, A-law, Opus) Twilio cannot play as sent.
+ * `mp3_44100_192` needs ElevenLabs' Creator plan or above.
+ *
+ * @see elevenlabs/elevenlabs-docs fern/apis/api/openapi.json (`output_format` of POST /v1/text-to-speech/{voice_id}/stream)
+ * @see https://www.twilio.com/docs/voice/twiml/play#supported-audio-file-types
+ */
+export const PLAYABLE_OUTPUT_FORMATS = [
+  'ulaw_8000',
+  'mp3_22050_32',
+  'mp3_44100_32',
+  'mp3_44100_64',
+  'mp3_44100_96',
+  'mp3_44100_128',
+  'mp3_44100_192',
+] as const;
+
+/**
+ * μ-law: what the phone line carries, so Twilio plays it without transcoding, in
+ * half the bytes of `mp3_44100_128` (8,000 against 16,000 bytes a second); the
+ * measurement behind the choice is in the README ("Audio format").
+ */
+export const DEFAULT_OUTPUT_FORMAT = 'ulaw_8000';
+
 export interface ElevenLabsOptions {
   apiKey: string;
   voiceId: string;
   baseUrl?: string;
   modelId?: string;
-  /**
-   * `mp3_*` (played as `audio/mpeg`) or `ulaw_8000` (the phone network's own
-   * encoding, wrapped here as `audio/wav`). Other formats (raw PCM, Opus) are
-   * refused at construction: Twilio's <Play> cannot play them.
-   */
+  /** One of `PLAYABLE_OUTPUT_FORMATS`; `DEFAULT_OUTPUT_FORMAT` when absent. */
   outputFormat?: string;
   /** The connection pool to use; the service shares one between its outside services. */
   http?: HttpClient;
@@ -35,22 +58,24 @@ export interface ElevenLabsOptions {
 }
 
 /**
- * What to do when ElevenLabs answers non-2xx. A retry waits the next pause in its
- * row, and only while `timeoutMs` leaves room for the pause; anything not listed
- * (401 bad key, 422 bad request, any other 4xx, unknown 429s) fails at once,
- * because asking again cannot fix it.
+ * Which non-2xx answers are worth one more try, after `RETRY_PAUSE_MS` and only
+ * while `timeoutMs` leaves room for it; anything else (401 bad key, 422 bad
+ * request, any other 4xx, unknown 429s) fails at once, because asking again cannot
+ * fix it. One retry, never a back-off series: a piece that fails is not lost, the
+ * phone's voice says it, which beats a caller waiting in silence.
  *
- * | status | detail.status                  | pauses before retrying | why                                              |
- * |--------|--------------------------------|------------------------|--------------------------------------------------|
- * | 429    | `system_busy`                  | 250 ms, 500 ms         | ElevenLabs is briefly overloaded; a retry usually succeeds |
- * | 429    | `too_many_concurrent_requests` | 400, 800, 1600 ms      | the plan's concurrency is full; another call's synthesis frees a slot soon |
- * | 5xx    | any                            | 250 ms, once           | a transient fault; twice in a row is an outage   |
+ * | status | detail.status                  | why one retry                                    |
+ * |--------|--------------------------------|--------------------------------------------------|
+ * | 429    | `system_busy`                  | ElevenLabs is briefly overloaded ("retry the request later") |
+ * | 429    | `too_many_concurrent_requests` | the plan's limit is full; this process never asks for more than its slots (voice-library.ts), so the rest is taken by other instances on the account and may free up |
+ * | 5xx    | any                            | a transient fault; twice in a row is an outage   |
+ *
+ * @see elevenlabs/elevenlabs-docs fern/docs/pages/developer-guides/error-messages.mdx (the 429 codes)
  */
-const RETRY_POLICY: ReadonlyArray<{ matches: (status: number, detail: string | undefined) => boolean; pausesMs: readonly number[] }> = [
-  { matches: (status, detail) => status === 429 && detail === 'system_busy', pausesMs: [250, 500] },
-  { matches: (status, detail) => status === 429 && detail === 'too_many_concurrent_requests', pausesMs: [400, 800, 1600] },
-  { matches: (status) => status >= 500, pausesMs: [250] },
-];
+function worthOneRetry(status: number, detail: string | undefined): boolean {
+  return status >= 500 || (status === 429 && (detail === 'system_busy' || detail === 'too_many_concurrent_requests'));
+}
+const RETRY_PAUSE_MS = 250;
 
 /** Enough of an error body to parse ElevenLabs' JSON; anything longer is not theirs. */
 const MAX_ERROR_BODY_CHARS = 16_384;
@@ -62,14 +87,14 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
     voiceId,
     baseUrl = 'https://api.elevenlabs.io',
     modelId = 'eleven_flash_v2_5',
-    outputFormat = 'mp3_44100_128',
+    outputFormat = DEFAULT_OUTPUT_FORMAT,
     http = new HttpClient(),
     timeoutMs = 8000,
   } = options;
-  const isMulaw = outputFormat === 'ulaw_8000';
-  if (!isMulaw && !outputFormat.startsWith('mp3_')) {
-    throw new TypeError(`ElevenLabs output format ${outputFormat} cannot be played by Twilio; use an mp3_* format or ulaw_8000`);
+  if (!(PLAYABLE_OUTPUT_FORMATS as readonly string[]).includes(outputFormat)) {
+    throw new TypeError(`ElevenLabs output format ${outputFormat} cannot be played by Twilio; use one of ${PLAYABLE_OUTPUT_FORMATS.join(', ')}`);
   }
+  const isMulaw = outputFormat === 'ulaw_8000';
   const url = httpUrl(
     `${baseUrl.replace(/\/+$/, '')}/v1/text-to-speech/${encodeURIComponent(voiceId)}/stream?output_format=${encodeURIComponent(outputFormat)}`,
     'the ElevenLabs URL',
@@ -130,20 +155,19 @@ export function createElevenLabsSpeech(options: ElevenLabsOptions): Speech {
           : new SpeechError('speech synthesis was aborted', { cause: signal.reason });
       if (signal.aborted) throw stopped();
 
-      for (let retries = 0; ; retries += 1) {
+      try {
+        return await requestAudio(request, signal, stopped);
+      } catch (error) {
+        if (!(error instanceof SpeechError) || error.status === undefined || signal.aborted) throw error;
+        if (!worthOneRetry(error.status, error.detail) || Date.now() + RETRY_PAUSE_MS >= giveUpAt) throw error;
         try {
-          return await requestAudio(request, signal, stopped);
-        } catch (error) {
-          if (!(error instanceof SpeechError) || error.status === undefined || signal.aborted) throw error;
-          const pause = RETRY_POLICY.find((row) => row.matches(error.status ?? 0, error.detail))?.pausesMs[retries];
-          if (pause === undefined || Date.now() + pause >= giveUpAt) throw error;
-          try {
-            await sleep(pause, undefined, { signal });
-          } catch {
-            throw stopped();
-          }
+          await sleep(RETRY_PAUSE_MS, undefined, { signal });
+        } catch {
+          throw stopped();
         }
       }
+      // Awaited here, so the deadline stays armed (`using` lets it go when this returns).
+      return await requestAudio(request, signal, stopped);
     },
   };
 }

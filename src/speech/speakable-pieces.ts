@@ -125,3 +125,32 @@ function isListNumber(word: string): boolean {
 function tidy(text: string): string {
   return text.replace(/\s+/g, ' ').trim();
 }
+
+/** At most about this much of the reply before a piece goes with it: enough to carry the intonation on, without resending the whole answer with every piece. */
+const MAX_PREVIOUS_CHARS = 1_000;
+
+/**
+ * The words around piece `index` of a reply, as ElevenLabs' `previous_text` and
+ * `next_text` define them ("the text that came before / comes after the text of
+ * the current request", in the same voice): the reply's own earlier pieces, the
+ * most recent whole ones up to about 1,000 characters (none for the first piece),
+ * and the next piece when it is already known. Never the caller's words: they were
+ * not spoken in this voice, and they have no reason to leave for a third party.
+ *
+ * @see elevenlabs/elevenlabs-docs fern/apis/api/openapi.json (Body_Text_to_speech_streaming_v1_text_to_speech__voice_id__stream_post)
+ */
+export function textAround(pieces: readonly string[], index: number): { previousText?: string; nextText?: string } {
+  const before: string[] = [];
+  let chars = 0;
+  for (let i = index - 1; i >= 0; i--) {
+    const piece = pieces[i]!;
+    if (before.length > 0 && chars + piece.length > MAX_PREVIOUS_CHARS) break;
+    before.unshift(piece);
+    chars += piece.length + 1;
+  }
+  const next = pieces[index + 1];
+  return {
+    ...(before.length > 0 ? { previousText: before.join(' ') } : {}),
+    ...(next !== undefined ? { nextText: next } : {}),
+  };
+}

@@ -4,8 +4,15 @@
  * ElevenLabs' failure modes on request (JSON error bodies, 429s, hangs, cut-off
  * streams), so the speech adapter is exercised over real sockets, never through mocks.
  *
+ * With a concurrency limit it behaves as a plan does: a request that arrives while
+ * that many are being answered gets `429 {"detail":{"status":"too_many_concurrent_requests",...}}`,
+ * and every answer carries the `current-concurrent-requests` and
+ * `maximum-concurrent-requests` headers.
+ *
  * @see ../../src/speech/elevenlabs.ts
  * @see https://elevenlabs.io/docs/api-reference/text-to-speech/stream
+ * @see elevenlabs/elevenlabs-docs fern/docs/pages/models.mdx ("Concurrency and priority": the limit, the headers)
+ * @see elevenlabs/elevenlabs-docs fern/docs/pages/developer-guides/error-messages.mdx (the 429 codes)
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -19,6 +26,8 @@ export interface FakeElevenLabsRequest {
   headers: IncomingHttpHeaders;
   /** The parsed JSON body (`text`, `model_id`, `previous_text`, `next_text`); undefined if not JSON. */
   body: { text?: string; model_id?: string; previous_text?: string; next_text?: string } | undefined;
+  /** The status it was answered with, once answered (never, for a request told to hang). */
+  status?: number;
 }
 
 export type FakeElevenLabsStep =
@@ -42,23 +51,40 @@ export interface FakeElevenLabs {
   requests: FakeElevenLabsRequest[];
   /** Replaces the behaviour and restarts any sequence. */
   setBehaviour(behaviour: FakeElevenLabsBehaviour): void;
+  /** Requests answered at once, at most; past it, 429 `too_many_concurrent_requests`. Undefined: no limit. */
+  setConcurrencyLimit(limit: number | undefined): void;
+  /** The most requests that were open at once (refused ones included), since the start or the last call. */
+  takePeakConcurrent(): number;
   /** Stops listening and destroys open connections, hanging ones included. */
   close(): Promise<void>;
 }
 
 const MP3_FRAME_SYNC = [0xff, 0xfb, 0x90, 0x64];
-const MP3_BYTES_PER_CHAR = 16;
-/** 10 ms of 8 kHz audio per character of text. */
-const MULAW_BYTES_PER_CHAR = 80;
+/** Each character of text stands for 10 ms of speech. */
+const SPEECH_MS_PER_CHAR = 10;
+
+/**
+ * Bytes a second of an ElevenLabs output format, from its name
+ * (`codec_samplerate[_kbps]`): μ-law and A-law one byte a sample, PCM two, MP3
+ * and Opus their bit rate.
+ */
+export function bytesPerSecond(outputFormat: string): number {
+  const [codec, rate, kbps] = outputFormat.split('_');
+  if (codec === 'ulaw' || codec === 'alaw') return Number(rate);
+  if (codec === 'pcm') return Number(rate) * 2;
+  if ((codec === 'mp3' || codec === 'opus') && kbps) return (Number(kbps) * 1000) / 8;
+  throw new Error(`unknown output format ${outputFormat}`);
+}
 
 /**
  * The fake's audio for a text: an MP3 frame header followed by bytes derived from
- * the text, or headerless μ-law bytes; length proportional to the text.
+ * the text, or headerless μ-law bytes; 10 ms of speech per character, at the
+ * format's own byte rate, so formats compare by size as the real ones do.
  */
 export function fakeAudioFor(text: string, outputFormat = 'mp3_44100_128'): Buffer {
   const source = Buffer.from(text, 'utf8');
   const mulaw = outputFormat.startsWith('ulaw_');
-  const perChar = mulaw ? MULAW_BYTES_PER_CHAR : MP3_BYTES_PER_CHAR;
+  const perChar = (bytesPerSecond(outputFormat) * SPEECH_MS_PER_CHAR) / 1000;
   const prefix = mulaw ? [] : MP3_FRAME_SYNC;
   const audio = Buffer.alloc(prefix.length + source.length * perChar);
   Buffer.from(prefix).copy(audio);
@@ -69,10 +95,15 @@ export function fakeAudioFor(text: string, outputFormat = 'mp3_44100_128'): Buff
 }
 
 export async function startFakeElevenLabs(
-  options: { apiKey?: string; behaviour?: FakeElevenLabsBehaviour } = {},
+  options: { apiKey?: string; behaviour?: FakeElevenLabsBehaviour; concurrencyLimit?: number } = {},
 ): Promise<FakeElevenLabs> {
   let behaviour: FakeElevenLabsBehaviour = options.behaviour ?? { kind: 'audio' };
   let sequenceIndex = 0;
+  let concurrencyLimit = options.concurrencyLimit;
+  /** Requests open now, and those of them being answered (not refused for concurrency). */
+  let open = 0;
+  let answering = 0;
+  let peakConcurrent = 0;
   const requests: FakeElevenLabsRequest[] = [];
 
   function nextStep(): FakeElevenLabsStep {
@@ -84,6 +115,14 @@ export async function startFakeElevenLabs(
   }
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    open += 1;
+    peakConcurrent = Math.max(peakConcurrent, open);
+    const refused = concurrencyLimit !== undefined && answering >= concurrencyLimit;
+    if (!refused) answering += 1;
+    res.on('close', () => {
+      open -= 1;
+      if (!refused) answering -= 1;
+    });
     const url = new URL(req.url ?? '/', 'http://fake');
     const raw = await readBody(req);
     let body: FakeElevenLabsRequest['body'];
@@ -92,24 +131,43 @@ export async function startFakeElevenLabs(
     } catch {
       body = undefined;
     }
-    requests.push({
+    const request: FakeElevenLabsRequest = {
       method: req.method ?? '',
       path: url.pathname,
       query: Object.fromEntries(url.searchParams),
       headers: req.headers,
       body,
-    });
+    };
+    requests.push(request);
+    /** Starts the answer: its status noted, with the concurrency headers a plan's answers carry. */
+    const head = (status: number, contentType: string): ServerResponse => {
+      request.status = status;
+      const headers: Record<string, string> = { 'content-type': contentType };
+      if (concurrencyLimit !== undefined) {
+        headers['current-concurrent-requests'] = String(answering);
+        headers['maximum-concurrent-requests'] = String(concurrencyLimit);
+      }
+      return res.writeHead(status, headers);
+    };
+    /** ElevenLabs' error body shape. */
+    const fail = (status: number, detail: string, message: string): void => {
+      head(status, 'application/json').end(JSON.stringify({ detail: { status: detail, message } }));
+    };
 
     if (req.method !== 'POST' || !/^\/v1\/text-to-speech\/[^/]+\/stream$/.test(url.pathname)) {
-      sendError(res, 404, 'not_found', 'Not found');
+      fail(404, 'not_found', 'Not found');
       return;
     }
     if (options.apiKey !== undefined && req.headers['xi-api-key'] !== options.apiKey) {
-      sendError(res, 401, 'invalid_api_key', 'Invalid API key');
+      fail(401, 'invalid_api_key', 'Invalid API key');
       return;
     }
     if (typeof body?.text !== 'string') {
-      sendError(res, 422, 'invalid_request', 'text is required');
+      fail(422, 'invalid_request', 'text is required');
+      return;
+    }
+    if (refused) {
+      fail(429, 'too_many_concurrent_requests', `Too many concurrent requests: your plan allows ${concurrencyLimit}.`);
       return;
     }
     const outputFormat = url.searchParams.get('output_format') ?? 'mp3_44100_128';
@@ -121,7 +179,7 @@ export async function startFakeElevenLabs(
       case 'audio': {
         if (step.firstByteDelayMs) await delay(step.firstByteDelayMs);
         if (res.destroyed) return;
-        res.writeHead(200, { 'content-type': audioType });
+        head(200, audioType);
         const size = step.bytesPerChunk ?? 1024;
         for (let start = 0; start < audio.length; start += size) {
           if (start > 0 && step.chunkDelayMs) await delay(step.chunkDelayMs);
@@ -132,15 +190,15 @@ export async function startFakeElevenLabs(
         return;
       }
       case 'status':
-        sendError(res, step.status, step.detail ?? 'fake_error', `fake ElevenLabs error ${step.status}`);
+        fail(step.status, step.detail ?? 'fake_error', `fake ElevenLabs error ${step.status}`);
         return;
       case 'raw':
-        res.writeHead(step.status ?? 200, { 'content-type': step.contentType }).end(step.body);
+        head(step.status ?? 200, step.contentType).end(step.body);
         return;
       case 'hang':
         return;
       case 'truncated':
-        res.writeHead(200, { 'content-type': audioType });
+        head(200, audioType);
         res.write(audio.subarray(0, Math.ceil(audio.length / 2)));
         // Let the bytes reach the client before the connection dies without a final chunk.
         await delay(30);
@@ -158,11 +216,15 @@ export async function startFakeElevenLabs(
       behaviour = next;
       sequenceIndex = 0;
     },
+    setConcurrencyLimit(limit) {
+      concurrencyLimit = limit;
+    },
+    takePeakConcurrent() {
+      const peak = peakConcurrent;
+      peakConcurrent = open;
+      return peak;
+    },
     close: () => server.close(),
   };
 }
 
-/** ElevenLabs' error body shape. */
-function sendError(res: ServerResponse, status: number, detail: string, message: string): void {
-  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ detail: { status: detail, message } }));
-}

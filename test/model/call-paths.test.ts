@@ -127,7 +127,7 @@ async function expectPrompt(driver: PathDriver, step: ModelStep, verbs: ReturnTy
     for (const [i, verb] of verbs.entries()) {
       expect(new URL(verb.text).pathname).toBe(paths[i]);
       const audio = await driver.fetchAudio(verb.text);
-      expect(audio).toMatchObject({ status: 200, contentType: 'audio/mpeg' });
+      expect(audio).toMatchObject({ status: 200, contentType: 'audio/wav' });
     }
   } else {
     expect(verbs).toHaveLength(1);

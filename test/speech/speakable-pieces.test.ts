@@ -2,7 +2,7 @@
  * Cutting a streamed answer into pieces that can be voiced on their own.
  */
 import { describe, expect, it } from 'vitest';
-import { SpeakablePieces } from '../../src/speech/speakable-pieces.ts';
+import { SpeakablePieces, textAround } from '../../src/speech/speakable-pieces.ts';
 
 /** Feeds `text` in chunks of `size` characters; returns the pieces, in order, as each push returned them. */
 function feed(text: string, size: number, pieces = new SpeakablePieces()): string[][] {
@@ -71,5 +71,27 @@ describe('speakable pieces', () => {
     const pieces = new SpeakablePieces('whole');
     expect(pieces.push('Sure. We open at nine. ')).toEqual([]);
     expect(pieces.end()).toEqual(['Sure. We open at nine.']);
+  });
+});
+
+describe('the words around a piece (previous_text, next_text)', () => {
+  const pieces = ['We open at nine.', 'On Saturdays at ten.', 'Anything else?'];
+
+  it('are the reply’s own earlier pieces and the next one when known; nothing before the first', () => {
+    expect(textAround(pieces, 0)).toEqual({ nextText: 'On Saturdays at ten.' });
+    expect(textAround(pieces, 1)).toEqual({ previousText: 'We open at nine.', nextText: 'Anything else?' });
+    expect(textAround(pieces, 2)).toEqual({ previousText: 'We open at nine. On Saturdays at ten.' });
+    expect(textAround(pieces.slice(0, 2), 1)).toEqual({ previousText: 'We open at nine.' });
+  });
+
+  it('keep the most recent whole pieces of a long reply, about 1,000 characters, at least the one just before', () => {
+    const long = Array.from({ length: 30 }, (_, i) => `Sentence ${i} ${'is long '.repeat(10).trim()}.`);
+    const previous = textAround(long, 29).previousText!;
+    expect(previous.length).toBeLessThanOrEqual(1_000);
+    expect(previous.length).toBeGreaterThan(1_000 - long[0]!.length - 1);
+    expect(previous.endsWith(long[28]!)).toBe(true);
+    expect(long).toContain(previous.split('. ')[0] + '.');
+    const huge = ['x'.repeat(1_500), 'y.'];
+    expect(textAround(huge, 1).previousText).toBe(huge[0]);
   });
 });

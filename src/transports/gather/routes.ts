@@ -25,7 +25,7 @@ import {
   type SpeechEvent,
   type TwilioForm,
 } from './events.ts';
-import { renderEmpty, renderRecovery, renderUnknownCall, ROUTES } from './twiml.ts';
+import { renderEmpty, renderRecovery, renderUnknownCall, ROUTES, type SayOptions } from './twiml.ts';
 import type { ReplyDelivery } from '../../../machines/call.machine.ts';
 
 export interface GatherRoutesOptions {
@@ -37,7 +37,7 @@ export interface GatherRoutesOptions {
   replyDelivery: ReplyDelivery;
   /** Longest a webhook waits for the engine before answering the recovery TwiML (Twilio gives up at 15 s). */
   answerBudgetMs: number;
-  sayVoice?: string | undefined;
+  say: SayOptions;
   now(): number;
 }
 
@@ -54,7 +54,7 @@ export async function gatherRoutes(app: FastifyInstance, options: GatherRoutesOp
   const callerWords = new WeakMap<FastifyRequest, SpeechEvent>();
   /** Each `/continue` that reports a reply's first pieces played (PLAYED), likewise. */
   const played = new WeakSet<FastifyRequest>();
-  const sayVoice = options.sayVoice ? { sayVoice: options.sayVoice } : {};
+  const { say } = options;
 
   app.setErrorHandler((error: Error & { statusCode?: number }, request, reply) => {
     if (error instanceof WebhookInputError) return reply.code(400).type('text/plain').send(`Bad Request: ${error.message}`);
@@ -67,7 +67,7 @@ export async function gatherRoutes(app: FastifyInstance, options: GatherRoutesOp
     // took them. A PLAYED goes back only if it never started (within the budget).
     const untaken = !(error instanceof AnswerBudgetExceeded);
     const failures = serviceFailuresOf(query(request)) + 1;
-    const recovery = renderRecovery(failures, { baseUrl: options.publicBaseUrl, ...sayVoice }, callerWords.get(request), untaken && played.has(request));
+    const recovery = renderRecovery(failures, { baseUrl: options.publicBaseUrl, ...say }, callerWords.get(request), untaken && played.has(request));
     return reply.code(200).type(TWIML).send(recovery);
   });
 
@@ -118,7 +118,7 @@ export async function gatherRoutes(app: FastifyInstance, options: GatherRoutesOp
 
   function send(reply: FastifyReply, answer: EngineAnswer) {
     reply.type(TWIML);
-    if (answer.kind === 'unknown') return reply.send(renderUnknownCall(sayVoice));
+    if (answer.kind === 'unknown') return reply.send(renderUnknownCall(say));
     return reply.send(answer.kind === 'replay' ? answer.body : (answer.body ?? options.render(answer.view)));
   }
 

@@ -49,6 +49,8 @@ export interface RenderOptions {
   holdAudio?: string | undefined;
   /** Voice for `<Say>` (e.g. `Polly.Joanna`); Twilio's default when absent. */
   sayVoice?: string | undefined;
+  /** Language for `<Say>` (e.g. `en-GB`); Twilio's default when absent. */
+  sayLanguage?: string | undefined;
 }
 
 type Speaker = Pick<VoiceResponse, 'say' | 'play'>;
@@ -111,8 +113,11 @@ function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
 
 function say(into: Speaker, raw: string, options: RenderOptions) {
   const text = speakableText(raw);
-  if (options.sayVoice) into.say({ voice: options.sayVoice as VoiceResponse.SayAttributes["voice"] }, text);
-  else into.say(text);
+  const attributes: VoiceResponse.SayAttributes = {};
+  // Validated at start against Twilio's forms (src/config.ts SAY_VOICE, SAY_LANGUAGE).
+  if (options.sayVoice) attributes.voice = options.sayVoice as VoiceResponse.SayAttributes['voice'];
+  if (options.sayLanguage) attributes.language = options.sayLanguage as VoiceResponse.SayAttributes['language'];
+  into.say(attributes, text);
 }
 
 /** A slow turn: the machine's filler (the hold line, else a pause), then back for the result, with a PLAYED still to apply if there is one. */
@@ -128,7 +133,10 @@ function wait(response: VoiceResponse, view: CallView, options: RenderOptions) {
 }
 
 /** A webhook for a call this service does not know (or no longer keeps). */
-export function renderUnknownCall(options: Pick<RenderOptions, 'sayVoice'>): string {
+/** The voice and language of `<Say>`. */
+export type SayOptions = Pick<RenderOptions, 'sayVoice' | 'sayLanguage'>;
+
+export function renderUnknownCall(options: SayOptions): string {
   const response = new VoiceResponse();
   say(response, PHRASES.callLost, { ...options, baseUrl: '', signAudio: (p) => p });
   response.hangup();
@@ -159,7 +167,7 @@ export interface UntakenSpeech {
  */
 export function renderRecovery(
   failures: number,
-  options: Pick<RenderOptions, 'baseUrl' | 'sayVoice'>,
+  options: Pick<RenderOptions, 'baseUrl'> & SayOptions,
   speech?: UntakenSpeech,
   played = false,
 ): string {

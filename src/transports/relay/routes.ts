@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import type { CallEngine, CallView } from '../../engine/call-engine.ts';
 import { callSidOf, WebhookInputError, type TwilioForm } from '../gather/events.ts';
 import { isForm } from '../gather/routes.ts';
-import { renderRecovery, renderUnknownCall } from '../gather/twiml.ts';
+import { renderRecovery, renderUnknownCall, type SayOptions } from '../gather/twiml.ts';
 import { MAX_RELAY_FRAME_BYTES } from './messages.ts';
 import { RelaySession, type RelaySessions } from './relay-session.ts';
 import { verifyRelayUpgrade } from './upgrade-signature.ts';
@@ -35,7 +35,7 @@ export interface RelayRoutesOptions {
   render(view: CallView): string;
   /** How long the caller waits for the agent's first words before the machine hears the turn is slow. */
   slowAfterMs: number;
-  sayVoice?: string | undefined;
+  say: SayOptions;
   log: Logger;
   now(): number;
 }
@@ -48,14 +48,14 @@ export async function relayRoutes(app: FastifyInstance, options: RelayRoutesOpti
   const { engine, sessions } = options;
   // Twilio's frames are small; past this `ws` closes the socket, so it stays above what messages.ts refuses and logs.
   await app.register(websocket, { options: { maxPayload: MAX_RELAY_FRAME_BYTES * 4 } });
-  const sayVoice = options.sayVoice ? { sayVoice: options.sayVoice } : {};
+  const { say } = options;
 
   // The action URL is a webhook: bad input is a 400, anything failing inside keeps the caller on the line.
   app.setErrorHandler((error: Error & { statusCode?: number }, request, reply) => {
     if (error instanceof WebhookInputError) return reply.code(400).type('text/plain').send(`Bad Request: ${error.message}`);
     if ((error.statusCode ?? 500) < 500) return reply.code(error.statusCode!).type('text/plain').send(error.message);
     request.log.error({ err: error, path: request.url.split('?')[0] }, 'request failed');
-    return reply.code(200).type(TWIML).send(renderRecovery(1, { baseUrl: options.publicBaseUrl, ...sayVoice }));
+    return reply.code(200).type(TWIML).send(renderRecovery(1, { baseUrl: options.publicBaseUrl, ...say }));
   });
 
   app.get(
@@ -82,12 +82,12 @@ export async function relayRoutes(app: FastifyInstance, options: RelayRoutesOpti
     const status = typeof body.SessionStatus === 'string' && SESSION_STATUS.test(body.SessionStatus) ? body.SessionStatus : undefined;
     const current = await engine.handle(callSid, undefined, { until: 'claimed' });
     reply.type(TWIML);
-    if (current.kind !== 'answer') return reply.send(renderUnknownCall(sayVoice));
+    if (current.kind !== 'answer') return reply.send(renderUnknownCall(say));
     const { state } = current.view;
     if (state === 'terminating' || state === 'ended') return reply.send(options.render(current.view));
     request.log.warn({ callSid, sessionStatus: status, errorCode: typeof body.ErrorCode === 'string' ? body.ErrorCode.slice(0, 16) : undefined, state }, 'the ConversationRelay session ended mid-call; resuming the call');
     const resumed = await engine.handle(callSid, { type: 'RECONNECTED', at: options.now() }, { render: options.render });
-    if (resumed.kind === 'unknown') return reply.send(renderUnknownCall(sayVoice));
+    if (resumed.kind === 'unknown') return reply.send(renderUnknownCall(say));
     return reply.send(resumed.kind === 'replay' ? resumed.body : (resumed.body ?? options.render(resumed.view)));
   });
 }
