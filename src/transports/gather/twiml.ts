@@ -112,12 +112,50 @@ function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
 }
 
 function say(into: Speaker, raw: string, options: RenderOptions) {
-  const text = speakableText(raw);
   const attributes: VoiceResponse.SayAttributes = {};
   // Validated at start against Twilio's forms (src/config.ts SAY_VOICE, SAY_LANGUAGE).
   if (options.sayVoice) attributes.voice = options.sayVoice as VoiceResponse.SayAttributes['voice'];
   if (options.sayLanguage) attributes.language = options.sayLanguage as VoiceResponse.SayAttributes['language'];
-  into.say(attributes, text);
+  for (const text of sayableParts(speakableText(raw))) into.say(attributes, text);
+}
+
+/**
+ * Twilio refuses a `<Say>` of more than 4,096 characters (error 13521), so a
+ * longer text is said in several, cut between sentences (between words within a
+ * sentence longer than that, at worst inside one word). UTF-16 units are counted:
+ * never fewer than characters.
+ * @see https://www.twilio.com/docs/api/errors/13521
+ */
+export const MAX_SAY_CHARS = 4_096;
+
+export function sayableParts(text: string, max = MAX_SAY_CHARS): string[] {
+  if (text.length <= max) return [text];
+  const parts: string[] = [];
+  let current = '';
+  const add = (unit: string) => {
+    if (current.length + unit.length <= max) {
+      current += unit;
+      return;
+    }
+    if (current.trim() !== '') parts.push(current.trim());
+    current = unit;
+  };
+  for (const { segment: sentence } of new Intl.Segmenter('en', { granularity: 'sentence' }).segment(text)) {
+    if (sentence.length <= max) {
+      add(sentence);
+      continue;
+    }
+    for (const { segment: word } of new Intl.Segmenter('en', { granularity: 'word' }).segment(sentence)) {
+      if (word.length <= max) add(word);
+      else {
+        // Whole code points: a lone surrogate is not XML.
+        const chars = Array.from(word);
+        for (let i = 0; i < chars.length; i += max / 2) add(chars.slice(i, i + max / 2).join(''));
+      }
+    }
+  }
+  if (current.trim() !== '') parts.push(current.trim());
+  return parts;
 }
 
 /** A slow turn: the machine's filler (the hold line, else a pause), then back for the result, with a PLAYED still to apply if there is one. */
