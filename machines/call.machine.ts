@@ -66,6 +66,8 @@ export const PHRASES = {
   goodbye: 'Thank you for calling. Goodbye!',
   goodbyeSilence: "I haven't heard anything, so I'll hang up now. Goodbye!",
   goodbyeFailures: "Sorry, I can't help right now. Please call again later. Goodbye!",
+  /** The call reached its turn limit (`maxTurns`). */
+  goodbyeTurns: "We've covered a lot, so I'll end this call here. Please call again if you need anything else. Goodbye!",
   /** The service itself failed to answer (see `afterServiceFailure`): the caller is kept on the line. */
   recovering: 'Sorry, one moment please.',
   /** A call the service does not know (or no longer keeps) reached it. */
@@ -81,6 +83,12 @@ export const LIMITS = {
   reprompts: 1,
   /** Failed turns in a row before the call ends. */
   failures: 3,
+  /**
+   * Turns a call may have, unless configured (CALL_MAX_TURNS): what a call keeps
+   * (its turns, the history sent to the agent, its record) stays bounded. About 40
+   * minutes of conversation; the caller's next words past it get the closing line.
+   */
+  turns: 150,
   /** Times in a row the service itself may fail to answer and keep the caller on the line (`afterServiceFailure`); one more ends the call. */
   serviceFailures: 3,
 };
@@ -95,7 +103,7 @@ export function afterServiceFailure(attempt: number): { say: PhraseName; then: '
   return attempt > LIMITS.serviceFailures ? { say: 'goodbyeFailures', then: 'hangup' } : { say: 'recovering', then: 'retry' };
 }
 
-export type EndReason = 'goodbye' | 'silence' | 'failures' | 'hangup';
+export type EndReason = 'goodbye' | 'silence' | 'failures' | 'turns' | 'hangup';
 
 /** What is spoken next: a fixed phrase or (some pieces of) an agent reply. */
 export interface Prompt {
@@ -174,6 +182,8 @@ export interface CallContext {
   deadlineAt?: number;
   /** What the caller hears while a slow turn keeps them waiting (SLOW): the hold line the first time, then pauses. */
   filler?: Filler;
+  /** Turns the call may have (LIMITS.turns unless configured). */
+  maxTurns: number;
   /** How many times the caller has been given the floor (entered `listening`): a transport may tell its prompts apart by it. */
   floor: number;
   silences: number;
@@ -200,6 +210,8 @@ export interface CallInput {
   agentTimeoutMs: number;
   /** Default `pieces`. */
   replyDelivery?: ReplyDelivery;
+  /** Turns the call may have; default LIMITS.turns. */
+  maxTurns?: number;
 }
 
 export type CallEvent =
@@ -372,6 +384,7 @@ export const callMachine = setup({
   },
   guards: {
     callerSaysGoodbye: ({ event }) => event.type === 'SPEECH' && saysGoodbye(event.text),
+    turnsUsedUp: ({ context }) => context.turns.length >= context.maxTurns,
     mayRepromptAgain: ({ context }) => context.silences < LIMITS.reprompts,
     agentDeadlinePassed: ({ context, event }) =>
       context.deadlineAt !== undefined && (timeOf(event) ?? 0) >= context.deadlineAt,
@@ -447,6 +460,7 @@ export const callMachine = setup({
     turns: [],
     prompt: phrase('greeting'),
     replyDelivery: input.replyDelivery ?? 'pieces',
+    maxTurns: input.maxTurns ?? LIMITS.turns,
     floor: 0,
     silences: 0,
     failures: 0,
@@ -483,6 +497,11 @@ export const callMachine = setup({
             actions: assign({ ending: 'goodbye', filler: undefined, prompt: phrase('goodbye') }),
           },
           {
+            guard: 'turnsUsedUp',
+            target: 'speaking',
+            actions: assign({ ending: 'turns', filler: undefined, prompt: phrase('goodbyeTurns') }),
+          },
+          {
             target: 'thinking',
             actions: assign(({ context, event }) => {
               const e = event as Extract<CallEvent, { type: 'SPEECH' }>;
@@ -490,13 +509,20 @@ export const callMachine = setup({
             }),
           },
         ],
-        DIGITS: {
-          target: 'thinking',
-          actions: assign(({ context, event }) => {
-            const e = event as Extract<CallEvent, { type: 'DIGITS' }>;
-            return newTurn(context, e.digits, e.at, { digits: e.digits });
-          }),
-        },
+        DIGITS: [
+          {
+            guard: 'turnsUsedUp',
+            target: 'speaking',
+            actions: assign({ ending: 'turns', filler: undefined, prompt: phrase('goodbyeTurns') }),
+          },
+          {
+            target: 'thinking',
+            actions: assign(({ context, event }) => {
+              const e = event as Extract<CallEvent, { type: 'DIGITS' }>;
+              return newTurn(context, e.digits, e.at, { digits: e.digits });
+            }),
+          },
+        ],
         // The rest of the reply was still playing (streamed text is spoken after it is sent).
         INTERRUPT: { actions: 'keepHeard' },
         // Each silence starts a new wait for the caller: a slow voice says the hold phrase again, once.

@@ -73,6 +73,8 @@ export interface Config {
   gcpRegion: string | undefined;
   logLevel: string;
   adminToken: string | undefined;
+  /** Turns a call may have before the caller hears the closing line (what a call keeps stays bounded). */
+  maxTurns: number;
   /** How long a webhook waits for the machine before it puts the caller on hold. */
   webhookDeadlineMs: number;
   /** How long a webhook may take in all before the caller hears "one moment" and is redirected (Twilio gives up at 15 s). */
@@ -183,6 +185,7 @@ export function loadConfig(env: Env): Config {
     gcpRegion: text(env, 'GCP_REGION'),
     logLevel: oneOf(env, 'LOG_LEVEL', LOG_LEVELS, 'info'),
     adminToken,
+    maxTurns: integer(env, 'CALL_MAX_TURNS', 150, 1, 1_000),
     webhookDeadlineMs,
     webhookAnswerBudgetMs,
     audioUrlTtlSec: integer(env, 'AUDIO_URL_TTL_SECONDS', 600, 30, 86_400),

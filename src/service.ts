@@ -85,6 +85,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     now,
     webhookDeadlineMs: config.webhookDeadlineMs,
     agentTimeoutMs: config.agentTimeoutMs,
+    maxTurns: config.maxTurns,
     onSettled: (callSid, view) => relaySessions.settled(callSid, view),
   });
   // A streamed call listens over ConversationRelay; every other state is TwiML as for <Gather>.

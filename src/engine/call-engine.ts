@@ -43,7 +43,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { createActor, waitFor, type Actor, type SnapshotFrom } from 'xstate';
-import { callMachine, stateName, type CallContext, type CallEvent, type CallMachine, type ReplyDelivery } from '../../machines/call.machine.ts';
+import { callMachine, stateName, type CallContext, type CallEvent, type CallInput, type CallMachine, type ReplyDelivery } from '../../machines/call.machine.ts';
 import type { CallStore, StoredCall } from '../store/call-store.ts';
 import { CallLocks } from './call-lock.ts';
 import { recordOf } from './call-record.ts';
@@ -68,6 +68,8 @@ export interface EngineOptions {
   /** How long a step waits for the machine to settle before the caller is told to wait (SLOW). */
   webhookDeadlineMs: number;
   agentTimeoutMs: number;
+  /** Turns a call may have (the machine's default when absent). */
+  maxTurns?: number;
   /** A live actor settled after its step had answered, and the result is committed. */
   onSettled?(callSid: string, view: CallView): void;
 }
@@ -205,8 +207,10 @@ export class CallEngine {
     let next: CallSnapshot;
     if (!stored) {
       if (!start) return { kind: 'unknown' };
-      const input = { callSid: start.callSid, from: start.from, to: start.to, at: this.#now(), agentTimeoutMs: this.#options.agentTimeoutMs };
-      current = next = this.#pure.initial(start.replyDelivery ? { ...input, replyDelivery: start.replyDelivery } : input);
+      const input: CallInput = { callSid: start.callSid, from: start.from, to: start.to, at: this.#now(), agentTimeoutMs: this.#options.agentTimeoutMs };
+      if (start.replyDelivery) input.replyDelivery = start.replyDelivery;
+      if (this.#options.maxTurns !== undefined) input.maxTurns = this.#options.maxTurns;
+      current = next = this.#pure.initial(input);
     } else {
       if (stored.snapshot === null) return { kind: 'unknown' };
       current = this.machine.resolveState(stored.snapshot as Parameters<CallMachine['resolveState']>[0]);

@@ -56,6 +56,13 @@ export interface ReplyStreamOptions {
   onFinished?: () => void;
 }
 
+/**
+ * Longest answer kept, in characters: about four minutes of speech. Past it the
+ * answer is cut there (a call's record and the history sent back to the agent stay
+ * bounded; see LIMITS.turns for the number of turns).
+ */
+export const MAX_REPLY_CHARS = 4_000;
+
 export class ReplyStream {
   readonly pieces: ReplyPiece[] = [];
   /** The agent's text exactly as it arrived, chunk by chunk (streamed delivery forwards these). */
@@ -131,11 +138,15 @@ export class ReplyStream {
     const pieces = new SpeakablePieces(mode);
     this.#link.deadline(timeoutMs, `no complete answer from the agent within ${timeoutMs} ms`);
     try {
-      for await (const chunk of agent.reply(request, this.#link.signal)) {
+      let chars = 0;
+      for await (const whole of agent.reply(request, this.#link.signal)) {
         this.firstChunkAt ??= now();
+        const chunk = whole.slice(0, MAX_REPLY_CHARS - chars);
+        chars += chunk.length;
         this.chunks.push(chunk);
         this.#arrive(pieces.push(chunk));
         this.#changed();
+        if (chars >= MAX_REPLY_CHARS) throw new AgentError('broken', `the answer ran past ${MAX_REPLY_CHARS} characters`);
       }
       this.#arriving.push(...pieces.end());
     } catch (error) {

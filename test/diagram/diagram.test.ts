@@ -96,7 +96,7 @@ describe('the machine graph', () => {
       ['speaking|xstate.done.actor.voice|2'],
       ['listening|SILENCE|0', 'listening|SILENCE|1'],
       ['speaking|xstate.error.actor.voice|1'],
-      ['listening|SPEECH|1'],
+      ['listening|SPEECH|2'],
       ['thinking|xstate.error.actor.agent|0'],
       ['errorFallback|always|0', 'errorFallback|always|1'],
       ['speaking|HANGUP|0'],

@@ -19,6 +19,7 @@ import { createMachine, initialTransition, transition, type AnyStateMachine, typ
 import { createTestModel } from 'xstate/graph';
 import {
   callMachine,
+  LIMITS,
   type AgentTurnOutput,
   type CallContext,
   type CallEvent,
@@ -32,7 +33,10 @@ export const AGENT_TIMEOUT_MS = 5_000;
 /** Far past any turn deadline the model can set. */
 export const LATE = 10 ** 13;
 
-export const MODEL_INPUT: CallInput = { callSid: MODEL_CALL_SID, from: '+15550100001', to: '+15550100002', at: 0, agentTimeoutMs: AGENT_TIMEOUT_MS };
+/** Turns a model call may have: small, so paths reach the turn limit, and no smaller than the failures that end a call (the service under test is configured the same, CALL_MAX_TURNS). */
+export const MODEL_MAX_TURNS = LIMITS.failures;
+
+export const MODEL_INPUT: CallInput = { callSid: MODEL_CALL_SID, from: '+15550100001', to: '+15550100002', at: 0, agentTimeoutMs: AGENT_TIMEOUT_MS, maxTurns: MODEL_MAX_TURNS };
 
 /** The agent's answer, or the first sentence of a longer one that it writes in two bursts. */
 export const AGENT_REPLY = 'We are open from nine to five.';
@@ -146,7 +150,8 @@ function abstractState(snapshot: ModelSnapshot): string {
   const { silences, failures, ending, prompt } = context;
   const said = prompt.kind === 'reply' ? 'reply' : prompt.key;
   const stored = answerStored(context);
-  return JSON.stringify({ value: snapshot.value, said, silences, failures, ending: ending ?? null, stored, status: snapshot.status });
+  const turnsUsedUp = context.turns.length >= context.maxTurns;
+  return JSON.stringify({ value: snapshot.value, said, silences, failures, ending: ending ?? null, stored, turnsUsedUp, status: snapshot.status });
 }
 
 export function createCallModel() {

@@ -37,7 +37,7 @@ import type { CallRecord } from '../../src/store/call-store.ts';
 import type { FakeAgent, FakeAgentScript } from '../fakes/agent-server.ts';
 import type { FakeElevenLabs, FakeElevenLabsBehaviour } from '../fakes/elevenlabs-server.ts';
 import { ELEVENLABS_KEY, PUBLIC_BASE_URL, startService, type RunningService } from '../support/service.ts';
-import { AGENT_REPLY, AGENT_REPLY_REST, AGENT_TIMEOUT_MS, LATE, type ModelEvent } from './call-model.ts';
+import { AGENT_REPLY, AGENT_REPLY_REST, AGENT_TIMEOUT_MS, LATE, MODEL_MAX_TURNS, type ModelEvent } from './call-model.ts';
 
 /** How long a webhook waits before it puts the caller on hold (the service's WEBHOOK_DEADLINE_MS). */
 export const WEBHOOK_DEADLINE_MS = 150;
@@ -385,6 +385,7 @@ export class PathDriver {
         ELEVENLABS_BASE_URL: this.#vendors.eleven.url,
         WEBHOOK_DEADLINE_MS: String(WEBHOOK_DEADLINE_MS),
         AGENT_TIMEOUT_MS: String(AGENT_TIMEOUT_MS),
+        CALL_MAX_TURNS: String(MODEL_MAX_TURNS),
         LOG_LEVEL: 'warn',
       },
       { dataDir: this.#dataDir, now: () => Date.now() + this.#clock.offset },
