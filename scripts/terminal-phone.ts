@@ -95,6 +95,7 @@ lines.on('line', (line) => {
   // Words typed over an answer still arriving: the caller speaks over it.
   if (words !== '' && !words.startsWith('#') && steps.length === 0 && call.speaking !== undefined) {
     const interrupting = call.interrupt(words);
+    interrupting.catch(() => undefined); // awaited by the loop below, unless the call is over by then
     taken(words);
     push({ interrupting });
     return;

@@ -295,16 +295,8 @@ export class SimulatedRelaySession {
   }
 }
 
-/** How a session ended, as Twilio reports it in its request to the `<Connect action>` URL. */
-export interface RelaySessionEnd {
-  /** `completed`: the service sent `end`; `failed`: the socket closed without one. */
-  status: 'completed' | 'failed';
-  /** The request's parameters beside the call's own (`CallSid`, `From`, …). */
-  params: Record<string, string>;
-}
-
 /** What a turn over the socket came to: the next answer was said, the session ended, or the caller hung up. */
-export type RelayExchange = { kind: 'answered'; answer: RelayAnswer } | { kind: 'ended'; end: RelaySessionEnd } | { kind: 'hung-up' };
+export type RelayExchange = 'answered' | 'ended' | 'hung-up';
 
 export interface RelayConnectionOptions {
   connect: RelayConnect;
@@ -317,8 +309,11 @@ export interface RelayConnectionOptions {
   onMessage?: (message: ServiceMessage) => void;
   /** Every answer, once ConversationRelay has said it (or stopped saying it). */
   onAnswer(answer: RelayAnswer): void;
-  /** The session ended other than by the caller hanging up: Twilio requests the `<Connect action>` URL now. */
-  onEnd(end: RelaySessionEnd): void;
+  /**
+   * The session ended other than by the caller hanging up: Twilio requests the
+   * `<Connect action>` URL now, with these parameters beside the call's own.
+   */
+  onEnd(params: Record<string, string>): void;
 }
 
 /**
@@ -438,17 +433,17 @@ export class RelayConnection {
   #answered(answer: RelayAnswer): void {
     this.#options.onAnswer(answer);
     // An answer cut off by the socket closing is followed by the session's end.
-    if (answer.ending !== 'closed') this.#settle({ kind: 'answered', answer });
+    if (answer.ending !== 'closed') this.#settle('answered');
   }
 
   #closed(close: RelayClose): void {
-    if (this.#hungUp) return this.#settle({ kind: 'hung-up' });
-    const end = this.#endOf(close);
-    this.#options.onEnd(end);
-    this.#settle({ kind: 'ended', end });
+    if (this.#hungUp) return this.#settle('hung-up');
+    this.#options.onEnd(this.#actionParams(close));
+    this.#settle('ended');
   }
 
-  #endOf(close: RelayClose): RelaySessionEnd {
+  /** `SessionStatus` `completed` after the service's `end`, `failed` when the socket closed without one. */
+  #actionParams(close: RelayClose): Record<string, string> {
     const params: Record<string, string> = {
       SessionId: this.#session.sessionId,
       SessionDuration: String(Math.round((Date.now() - this.#openedAt) / 1000)),
@@ -456,10 +451,9 @@ export class RelayConnection {
     const ended = this.#session.ends.at(-1);
     if (ended) {
       if (ended.handoffData !== undefined) params.HandoffData = ended.handoffData;
-      return { status: 'completed', params: { ...params, SessionStatus: 'completed' } };
+      return { ...params, SessionStatus: 'completed' };
     }
-    const errorCode = close.by === 'service' ? SOCKET_ENDED : INVALID_MESSAGES;
-    return { status: 'failed', params: { ...params, SessionStatus: 'failed', ErrorCode: errorCode } };
+    return { ...params, SessionStatus: 'failed', ErrorCode: close.by === 'service' ? SOCKET_ENDED : INVALID_MESSAGES };
   }
 
   #settle(exchange: RelayExchange): void {

@@ -137,7 +137,7 @@ export class SimulatedCall {
   /** The call connects: Twilio requests `/voice` and plays what it says. */
   dial(): Promise<TurnResult> {
     this.#startedAt = Date.now();
-    return this.#turn(`${this.#options.publicBaseUrl}/voice`, { CallStatus: 'ringing' });
+    return this.#follow({ url: `${this.#options.publicBaseUrl}/voice`, extra: { CallStatus: 'ringing' } });
   }
 
   /**
@@ -201,10 +201,6 @@ export class SimulatedCall {
     return this.#post(this.#request(`${this.#options.publicBaseUrl}${path}`, extra));
   }
 
-  #turn(url: string, extra: Record<string, string>): Promise<TurnResult> {
-    return this.#follow({ url, extra });
-  }
-
   /** Requests `first` and every request its TwiML leads to, until the call listens again or ends. */
   async #follow(first: Next, before?: TurnResult): Promise<TurnResult> {
     const started = performance.now();
@@ -231,8 +227,7 @@ export class SimulatedCall {
     const result = startTurn(before);
     this.#relayTurn = result;
     try {
-      const outcome = await exchange;
-      if (outcome.kind === 'ended') mergeTurn(result, await this.#afterSession());
+      if ((await exchange) === 'ended') mergeTurn(result, await this.#afterSession());
     } finally {
       if (this.#relayTurn === result) this.#relayTurn = undefined;
     }
@@ -272,11 +267,11 @@ export class SimulatedCall {
       to: this.#to,
       ...(this.#options.onRelayMessage ? { onMessage: this.#options.onRelayMessage } : {}),
       onAnswer: (answer) => this.#hear({ verb: 'ConversationRelay', text: answer.text, from: 'text', ending: answer.ending }, this.#relayTurn),
-      onEnd: (end) => {
+      onEnd: (params) => {
         if (this.#relay !== relay) return;
         this.#relay = undefined;
         // Twilio requests the action URL at once, whether or not the caller is in a turn.
-        const after = this.#follow({ url: relay.connect.action, extra: end.params });
+        const after = this.#follow({ url: relay.connect.action, extra: params });
         after.catch(() => undefined); // rethrown to whoever waits on the call next (#ready)
         this.#afterRelay = after;
       },
