@@ -252,6 +252,7 @@ export function playbackMs(heard: Heard): number {
   const perChar = 1000 / SPOKEN_CHARS_PER_SEC;
   switch (heard.verb) {
     case 'Say':
+    case 'ConversationRelay':
       return heard.text.length * perChar;
     case 'Pause':
       return heard.seconds * 1000;

@@ -9,6 +9,12 @@
  * refuse is answered with an `error` message and dropped, and ten in a row close
  * the socket with 1007, as Twilio documents.
  *
+ * SimulatedRelaySession is the socket alone (tests of the transport drive it
+ * directly). RelayConnection is what SimulatedCall (twilio-caller.ts) delegates
+ * to when a TwiML document says `<Connect action><ConversationRelay>`: one
+ * session, the caller's turns over it, and how it ended, for the request Twilio
+ * then makes to the `<Connect action>` URL.
+ *
  * Uses `ws`, a devDependency: src/phone serves the tests, the benchmark and the
  * terminal phone (`npm run call`), never the service.
  *
@@ -20,7 +26,7 @@ import { randomBytes } from 'node:crypto';
 import { getExpectedTwilioSignature } from 'twilio/lib/webhooks/webhooks.js';
 import WebSocket from 'ws';
 import { parseServiceMessage, RelayMessageError, type EndMessage, type ServiceMessage } from '../transports/relay/messages.ts';
-import { newCallSid, parseTwiml, TwilioProtocolError } from './twilio-caller.ts';
+import { newCallSid, parseTwiml, TwilioProtocolError, type XmlNode } from './twilio-protocol.ts';
 
 export interface RelayCallerOptions {
   /** The `<ConversationRelay url>` from the TwiML: the public URL Twilio signs. */
@@ -39,6 +45,8 @@ export interface RelayCallerOptions {
   signature?: string | null;
   /** Called for every message the service sends that Twilio accepts, as it arrives. */
   onMessage?: (message: ServiceMessage) => void;
+  /** Called for every answer once it has ended (said to its `last` token, interrupted, or cut off by the socket closing). */
+  onAnswer?: (answer: RelayAnswer) => void;
 }
 
 /** The service's words for one turn, as Twilio would speak them. */
@@ -162,10 +170,22 @@ export class SimulatedRelaySession {
     this.#send({ type: 'prompt', voicePrompt: text, lang: this.#options.lang ?? 'en-US', last });
   }
 
-  /** The caller speaks over the answer after hearing `heardText` of it; that answer ends here. */
-  interrupt(heardText: string, durationMs: number): void {
+  /**
+   * The caller speaks over the answer after hearing `heardText` of it, `durationMs`
+   * into it; that answer ends here. By default: every token that has arrived, and
+   * the time since the first of them.
+   */
+  interrupt(heardText?: string, durationMs?: number): void {
+    const current = this.#current;
+    const heard = heardText ?? current?.tokens.join('') ?? '';
+    const duration = durationMs ?? (current ? Math.round(performance.now() - current.firstAt) : 0);
     this.#finishAnswer('interrupted');
-    this.#send({ type: 'interrupt', utteranceUntilInterrupt: heardText, durationUntilInterruptMs: durationMs });
+    this.#send({ type: 'interrupt', utteranceUntilInterrupt: heard, durationUntilInterruptMs: duration });
+  }
+
+  /** What has arrived of the answer being spoken now, or undefined when none is. */
+  get speaking(): string | undefined {
+    return this.#current?.tokens.join('');
   }
 
   /** The caller presses a key. */
@@ -235,13 +255,15 @@ export class SimulatedRelaySession {
     const current = this.#current;
     if (!current) return;
     this.#current = undefined;
-    this.#answers.push({
+    const answer: RelayAnswer = {
       tokens: current.tokens,
       text: current.tokens.join(''),
       ending,
       firstTokenMs: current.firstAt - current.askedAt,
       lastTokenMs: performance.now() - current.askedAt,
-    });
+    };
+    this.#answers.push(answer);
+    this.#options.onAnswer?.(answer);
   }
 
   #send(message: Record<string, unknown>): void {
@@ -273,19 +295,192 @@ export class SimulatedRelaySession {
   }
 }
 
-/** The `<Connect><ConversationRelay>` of a TwiML document, read as Twilio reads it. */
+/** What a turn over the socket came to: the next answer was said, the session ended, or the caller hung up. */
+export type RelayExchange = 'answered' | 'ended' | 'hung-up';
+
+export interface RelayConnectionOptions {
+  connect: RelayConnect;
+  /** Where the socket actually goes, when not `connect.url` (a loopback port behind the public name). */
+  targetUrl?: string;
+  authToken: string;
+  callSid: string;
+  from: string;
+  to: string;
+  onMessage?: (message: ServiceMessage) => void;
+  /** Every answer, once ConversationRelay has said it (or stopped saying it). */
+  onAnswer(answer: RelayAnswer): void;
+  /**
+   * The session ended other than by the caller hanging up: Twilio requests the
+   * `<Connect action>` URL now, with these parameters beside the call's own.
+   */
+  onEnd(params: Record<string, string>): void;
+}
+
+/**
+ * Twilio's ConversationRelay errors, reported as `ErrorCode` to the action URL.
+ * @see https://www.twilio.com/docs/api/errors/64105 "Websocket ended": the server side disconnected during the call.
+ * @see https://www.twilio.com/docs/api/errors/64107 "Invalid Message Received".
+ */
+const SOCKET_ENDED = '64105';
+const INVALID_MESSAGES = '64107';
+
+/**
+ * A call that a `<Connect action><ConversationRelay>` handed to the service's
+ * socket: the caller's turns go over it (a final `prompt` for words, an empty one
+ * for silence, `dtmf` for keys, `interrupt` to speak over an answer), each turn
+ * lasting until the next answer has been said. When the session ends, the
+ * request Twilio makes to the `<Connect action>` URL says how: `SessionStatus`
+ * `completed` after the service's `end` (with its `HandoffData`), `failed` when
+ * the socket closed without one (with the error Twilio would report), and
+ * `SessionDuration` in seconds.
+ *
+ * @see https://www.twilio.com/docs/voice/twiml/connect/conversationrelay
+ * @see https://www.twilio.com/docs/voice/twiml/connect
+ */
+export class RelayConnection {
+  readonly connect: RelayConnect;
+  readonly #options: RelayConnectionOptions;
+  readonly #openedAt = Date.now();
+  #session!: SimulatedRelaySession;
+  #waiter: ((exchange: RelayExchange) => void) | undefined;
+  #hungUp = false;
+
+  private constructor(options: RelayConnectionOptions) {
+    this.connect = options.connect;
+    this.#options = options;
+  }
+
+  /** Twilio opens the session the `<ConversationRelay>` names: the signed upgrade, then `setup` with its `<Parameter>`s. */
+  static async open(options: RelayConnectionOptions): Promise<RelayConnection> {
+    const connection = new RelayConnection(options);
+    const { connect } = options;
+    const session = await SimulatedRelaySession.connect({
+      url: connect.url,
+      ...(options.targetUrl ? { targetUrl: options.targetUrl } : {}),
+      authToken: options.authToken,
+      callSid: options.callSid,
+      from: options.from,
+      to: options.to,
+      customParameters: connect.parameters,
+      ...(connect.attributes.language ? { lang: connect.attributes.language } : {}),
+      ...(options.onMessage ? { onMessage: options.onMessage } : {}),
+      onAnswer: (answer) => connection.#answered(answer),
+    });
+    connection.#session = session;
+    void session.closed.then((close) => connection.#closed(close));
+    return connection;
+  }
+
+  get session(): SimulatedRelaySession {
+    return this.#session;
+  }
+
+  /** Spoken by Twilio as soon as the session starts. */
+  get welcomeGreeting(): string | undefined {
+    return this.connect.attributes.welcomeGreeting;
+  }
+
+  /** What the caller has heard so far of the answer being spoken, or undefined when none is. */
+  get speaking(): string | undefined {
+    return this.#session.speaking;
+  }
+
+  /** The caller says `text` (`null`: stays silent, an empty final prompt). */
+  say(text: string | null): Promise<RelayExchange> {
+    return this.#exchange(() => this.#session.prompt(text ?? ''));
+  }
+
+  /** The caller presses keys: one `dtmf` message each, as Twilio sends them (only with `dtmfDetection`). */
+  press(digits: string): Promise<RelayExchange> {
+    if (this.connect.attributes.dtmfDetection !== 'true') throw new TwilioProtocolError('<ConversationRelay> without dtmfDetection="true": Twilio reports no key presses');
+    return this.#exchange(() => {
+      for (const digit of digits) this.#session.dtmf(digit);
+    });
+  }
+
+  /**
+   * The caller speaks over the answer being said: `interrupt` with what they heard
+   * of it (the turn waiting on that answer ends here), then their words.
+   */
+  interrupt(words: string): Promise<RelayExchange> {
+    // `interruptible` says what may cut the speech short; speech does with `any` (the default) and `speech`.
+    const interruptible = this.connect.attributes.interruptible ?? 'any';
+    if (interruptible !== 'any' && interruptible !== 'speech') throw new TwilioProtocolError(`<ConversationRelay interruptible="${interruptible}">: speech does not interrupt`);
+    if (this.#session.speaking === undefined) throw new TwilioProtocolError('nothing is being said to interrupt');
+    this.#session.interrupt();
+    return this.say(words);
+  }
+
+  /** The caller hangs up: Twilio closes the socket and requests no action URL. */
+  async hangUp(): Promise<void> {
+    this.#hungUp = true;
+    await this.#session.hangUp();
+  }
+
+  #exchange(send: () => void): Promise<RelayExchange> {
+    if (this.#waiter) throw new TwilioProtocolError('the service has not answered the last turn yet');
+    return new Promise((resolve) => {
+      this.#waiter = resolve;
+      try {
+        send();
+      } catch (error) {
+        this.#waiter = undefined;
+        throw error;
+      }
+    });
+  }
+
+  #answered(answer: RelayAnswer): void {
+    this.#options.onAnswer(answer);
+    // An answer cut off by the socket closing is followed by the session's end.
+    if (answer.ending !== 'closed') this.#settle('answered');
+  }
+
+  #closed(close: RelayClose): void {
+    if (this.#hungUp) return this.#settle('hung-up');
+    this.#options.onEnd(this.#actionParams(close));
+    this.#settle('ended');
+  }
+
+  /** `SessionStatus` `completed` after the service's `end`, `failed` when the socket closed without one. */
+  #actionParams(close: RelayClose): Record<string, string> {
+    const params: Record<string, string> = {
+      SessionId: this.#session.sessionId,
+      SessionDuration: String(Math.round((Date.now() - this.#openedAt) / 1000)),
+    };
+    const ended = this.#session.ends.at(-1);
+    if (ended) {
+      if (ended.handoffData !== undefined) params.HandoffData = ended.handoffData;
+      return { ...params, SessionStatus: 'completed' };
+    }
+    return { ...params, SessionStatus: 'failed', ErrorCode: close.by === 'service' ? SOCKET_ENDED : INVALID_MESSAGES };
+  }
+
+  #settle(exchange: RelayExchange): void {
+    const waiter = this.#waiter;
+    this.#waiter = undefined;
+    waiter?.(exchange);
+  }
+}
+
+/** The `<Connect><ConversationRelay>` of a TwiML document that holds nothing else, read as Twilio reads it. */
 export function readRelayConnect(twiml: string): RelayConnect {
   const verbs = parseTwiml(twiml).filter((node) => !('#text' in node));
   const connect = verbs[0];
   if (verbs.length !== 1 || !connect || !('Connect' in connect)) throw new TwilioProtocolError('expected one <Connect> and nothing else');
-  const nouns = (connect.Connect as typeof verbs).filter((node) => !('#text' in node));
+  return relayConnectOf(connect);
+}
+
+/** A `<Connect>` verb of a TwiML document, which must hand the call to ConversationRelay. */
+export function relayConnectOf(connect: XmlNode): RelayConnect {
+  const nouns = (connect.Connect as XmlNode[]).filter((node) => !('#text' in node));
   const relay = nouns[0];
   if (nouns.length !== 1 || !relay || !('ConversationRelay' in relay)) throw new TwilioProtocolError('<Connect> must hold one <ConversationRelay>');
   const action = connect[':@']?.action;
   const attributes = relay[':@'] ?? {};
   if (!action) throw new TwilioProtocolError('<Connect> without an action');
   if (!attributes.url) throw new TwilioProtocolError('<ConversationRelay> without a url');
-  const parameters = (relay.ConversationRelay as typeof verbs)
+  const parameters = (relay.ConversationRelay as XmlNode[])
     .filter((node) => !('#text' in node))
     .map((child): [string, string] => {
       const { name, value } = child[':@'] ?? {};
