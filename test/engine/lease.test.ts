@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { createActor, fromPromise, waitFor, type SnapshotFrom } from 'xstate';
-import { callMachine, type CallEvent, type CallMachine, type WrittenReply } from '../../machines/call.machine.ts';
+import { callMachine, type AgentTurnOutput, type CallEvent, type CallMachine, type VoiceOutput, type WrittenReply } from '../../machines/call.machine.ts';
 import { busyInBackground, heldElsewhere, isWorking, LEASE_MS, LEASE_RENEW_MS, leaseFor, needsLease } from '../../src/engine/lease.ts';
 import { PureSteps } from '../../src/engine/pure-steps.ts';
 
@@ -21,10 +21,13 @@ function after(...events: Array<CallEvent | { type: `xstate.done.actor.${string}
   return snapshot;
 }
 
-const greeted = { type: 'xstate.done.actor.voice', output: { at: 1_100 } } as const;
+const greeting: VoiceOutput = { at: 1_100 };
+const answer: AgentTurnOutput = { text: 'Hi there.', firstChunkAt: 2_100, at: 2_200 };
+const firstVoiced: VoiceOutput = { at: 2_300, pieces: [{ text: 'Hi there.' }], more: true };
+const greeted = { type: 'xstate.done.actor.voice', output: greeting } as const;
 const spoke = { type: 'SPEECH', text: 'Hello', at: 2_000 } as const;
-const answered = { type: 'xstate.done.actor.agent', output: { text: 'Hi there.', firstChunkAt: 2_100, at: 2_200 } } as const;
-const firstPieces = { type: 'xstate.done.actor.voice', output: { at: 2_300, pieces: [{ text: 'Hi there.' }], more: true } } as const;
+const answered = { type: 'xstate.done.actor.agent', output: answer } as const;
+const firstPieces = { type: 'xstate.done.actor.voice', output: firstVoiced } as const;
 
 const rules = (snapshot: Snapshot) => ({
   state: snapshot.value,
@@ -59,8 +62,8 @@ describe('work under way, by state', () => {
     let writeRest!: (reply: WrittenReply) => void;
     const machine = callMachine.provide({
       actors: {
-        askAgent: fromPromise(async () => answered.output),
-        voicePrompt: fromPromise(async ({ input }) => (input.prompt.kind === 'reply' ? firstPieces.output : greeted.output)),
+        askAgent: fromPromise(async () => answer),
+        voicePrompt: fromPromise(async ({ input }) => (input.prompt.kind === 'reply' ? firstVoiced : greeting)),
         collectReply: fromPromise(() => new Promise<WrittenReply>((resolve) => (writeRest = resolve))),
       },
     });
