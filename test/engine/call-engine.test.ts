@@ -1,14 +1,15 @@
 /**
  * The step-and-commit protocol, with no transport: engines on a real
  * SqliteCallStore in a temporary directory, their turns over the loopback fake
- * agent (and fake ElevenLabs where a voice is needed). Two engines on one store
- * file are two instances of the service; what each logged is read back as JSON.
+ * agent (and fake ElevenLabs where a voice is needed). Two engines on two
+ * connections to one store file are two instances of the service; what each
+ * logged is read back as JSON.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PHRASES, type CallEvent, type ReplyDelivery } from '../../machines/call.machine.ts';
 import { createAgentClient } from '../../src/agent/agent-client.ts';
 import { CallEngine, type CallView, type EngineOptions } from '../../src/engine/call-engine.ts';
@@ -38,25 +39,25 @@ interface Instance {
   settled: CallView[];
 }
 
-const dirs: string[] = [];
-const running: Instance[] = [];
+/** One store file for the file's tests (each call its own), opened twice: two instances of the service. */
+let dataDir: string;
+const stores: SqliteCallStore[] = [];
+const engines: CallEngine[] = [];
 
-afterEach(async () => {
-  for (const instance of running.splice(0)) {
-    instance.engine.stop();
-    await instance.store.close();
-  }
-  for (const dir of dirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+beforeAll(() => {
+  dataDir = mkdtempSync(join(tmpdir(), 'heyai-engine-'));
+  stores.push(new SqliteCallStore(dataDir), new SqliteCallStore(dataDir));
+});
+afterEach(() => {
+  for (const engine of engines.splice(0)) engine.stop();
+});
+afterAll(async () => {
+  await Promise.all(stores.map((store) => store.close()));
+  rmSync(dataDir, { recursive: true, force: true });
 });
 
-function newDataDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'heyai-engine-'));
-  dirs.push(dir);
-  return dir;
-}
-
-/** One instance of the service's engine, on the store file in `dataDir`. */
-function instance(dataDir: string, options: { voiced?: boolean; webhookDeadlineMs?: number } = {}): Instance {
+/** One instance of the service's engine: on the first store file connection, or the second (`instance: 1`). */
+function instance(options: { instance?: 0 | 1; voiced?: boolean; webhookDeadlineMs?: number } = {}): Instance {
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -70,7 +71,7 @@ function instance(dataDir: string, options: { voiced?: boolean; webhookDeadlineM
     ? new VoiceLibrary({ speech: createElevenLabsSpeech({ apiKey: ELEVENLABS_KEY, voiceId: 'voice-1', baseUrl: fakes.eleven.url, http }), voiceKey: 'voice-1' })
     : undefined;
   const turns = new Turns({ agent: createAgentClient({ baseUrl: fakes.agent.url, log, http }), voice, log, now: Date.now, agentTimeoutMs: 8_000, replyPieces: 'sentences', textSink: () => undefined });
-  const store = new SqliteCallStore(dataDir);
+  const store = stores[options.instance ?? 0]!;
   const settled: CallView[] = [];
   const engineOptions: EngineOptions = {
     store,
@@ -80,9 +81,9 @@ function instance(dataDir: string, options: { voiced?: boolean; webhookDeadlineM
     agentTimeoutMs: 8_000,
     onSettled: (_callSid, view) => settled.push(view),
   };
-  const started = { engine: new CallEngine(engineOptions), store, logs, settled };
-  running.push(started);
-  return started;
+  const engine = new CallEngine(engineOptions);
+  engines.push(engine);
+  return { engine, store, logs, settled };
 }
 
 function callOf(callSid: string, replyDelivery?: ReplyDelivery) {
@@ -100,7 +101,7 @@ async function answered(answer: Promise<Awaited<ReturnType<CallEngine['handle']>
 describe('a new call', () => {
   it("is claimed at revision 1 under this instance's lease before its greeting is voiced", async () => {
     fakes.eleven.setBehaviour({ kind: 'hang' });
-    const { engine, store } = instance(newDataDir(), { voiced: true });
+    const { engine, store } = instance({ voiced: true });
     const callSid = newCallSid();
     const view = await answered(engine.start(callOf(callSid), { until: 'claimed' }));
     expect(view.state).toBe('speaking');
@@ -112,7 +113,7 @@ describe('a new call', () => {
   });
 
   it('answers listening once the greeting is ready, committed with no lease', async () => {
-    const { engine, store } = instance(newDataDir());
+    const { engine, store } = instance();
     const callSid = newCallSid();
     const view = await answered(engine.start(callOf(callSid)));
     expect([view.state, view.context.prompt.text, view.context.floor]).toStrictEqual(['listening', PHRASES.greeting, 1]);
@@ -123,14 +124,14 @@ describe('a new call', () => {
   });
 
   it('is unknown to a step that does not start it', async () => {
-    const { engine } = instance(newDataDir());
+    const { engine } = instance();
     expect(await engine.handle(newCallSid(), speech('hello'))).toStrictEqual({ kind: 'unknown' });
   });
 });
 
 describe('a retried request', () => {
   it('gets the answer stored under its key, without the agent being asked again', async () => {
-    const { engine, store } = instance(newDataDir());
+    const { engine, store } = instance();
     const callSid = newCallSid();
     await engine.start(callOf(callSid));
     const first = await engine.handle(callSid, speech('What time do you open?'), { key: '/speech-result|token-1', render });
@@ -149,7 +150,7 @@ describe('a retried request', () => {
 
 describe('an answer to an older prompt (a replayed <Gather> result)', () => {
   it('is not applied: the call stays where it is and the agent is not asked', async () => {
-    const { engine, store, logs } = instance(newDataDir());
+    const { engine, store, logs } = instance();
     const callSid = newCallSid();
     await engine.start(callOf(callSid));
     const revision = (await store.load(callSid))?.revision;
@@ -166,9 +167,8 @@ describe('an answer to an older prompt (a replayed <Gather> result)', () => {
 
 describe('two instances on one store', () => {
   it('never both commit from one revision: one of two concurrent steps loses, reloads, and applies its event after the other', async () => {
-    const dataDir = newDataDir();
-    const a = instance(dataDir);
-    const b = instance(dataDir);
+    const a = instance();
+    const b = instance({ instance: 1 });
     const callSid = newCallSid();
     await a.engine.start(callOf(callSid));
     // Let A's own commit of the greeting finish, so that both steps start from idle instances, together.
@@ -192,9 +192,8 @@ describe('two instances on one store', () => {
     // The agent writes a first sentence and keeps the connection open: instance A
     // is replying and still collecting the rest, so it keeps the call's lease.
     fakes.agent.setBehaviour({ kind: 'sse', writes: [sse('We open at nine. '), sse('On Sundays')], keepOpen: true });
-    const dataDir = newDataDir();
-    const a = instance(dataDir);
-    const b = instance(dataDir, { webhookDeadlineMs: 300 });
+    const a = instance();
+    const b = instance({ instance: 1, webhookDeadlineMs: 300 });
     const callSid = newCallSid();
     await a.engine.start(callOf(callSid));
     const replying = await answered(a.engine.handle(callSid, speech('What time do you open?')));
@@ -217,7 +216,7 @@ describe('two instances on one store', () => {
 
 describe('a step that returns once its work is claimed', () => {
   it('answers a working view at once, and the settled view arrives later through onSettled, committed', async () => {
-    const { engine, store, settled } = instance(newDataDir());
+    const { engine, store, settled } = instance();
     const callSid = newCallSid();
     await engine.start(callOf(callSid, 'streamed'));
     const claimed = await answered(engine.handle(callSid, speech('What time do you open?'), { until: 'claimed' }));
