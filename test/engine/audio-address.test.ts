@@ -65,10 +65,10 @@ describe('the text a key speaks', () => {
     expect(pieceText(turns, 't0')).toStrictEqual({ text: 'We open at nine.' });
   });
 
-  it('is the piece of a turn voiced in pieces, with the pieces around it as previous and next text', () => {
+  it('is the piece of a turn voiced in pieces, with the reply\u2019s earlier pieces as previous text and the next one as next text', () => {
     expect(pieceText(turns, 't1')).toStrictEqual({ text: 'First.', nextText: 'Second.' });
     expect(pieceText(turns, 't1p1')).toStrictEqual({ text: 'Second.', previousText: 'First.', nextText: 'Third.' });
-    expect(pieceText(turns, 't1p2')).toStrictEqual({ text: 'Third.', previousText: 'Second.' });
+    expect(pieceText(turns, 't1p2')).toStrictEqual({ text: 'Third.', previousText: 'First. Second.' });
   });
 
   it('is nothing for a piece, turn or reply that does not exist, or a key that is not one', () => {

@@ -77,7 +77,7 @@ describe('the TwiML of a call state', () => {
   it('listening to the last pieces of a reply: each voiced piece a <Play>, each run of unvoiced ones one <Say>, in order', async () => {
     const pieces = [
       { text: 'We open at nine.', audio: piece('t0') },
-      { text: 'On Sundays', },
+      { text: 'On Sundays' },
       { text: 'we open at ten.' },
       { text: 'See you soon!', audio: piece('t0p3') },
       { text: 'Anything else?' },
