@@ -27,7 +27,7 @@
  * machine's context carries the call's turns and path, which the record carries
  * too, and the stored snapshot leaves out what equals the record's field of the
  * same name (`sharedWithRecord`), put back from the record on load. A 20-turn call
- * then writes 40 % fewer pages to the WAL per commit (docs/hardening.md). Rows
+ * then writes 23 % fewer bytes to the WAL per commit (docs/hardening.md). Rows
  * stored whole by older versions are read as they are.
  *
  * The compare-and-set is `UPDATE ... WHERE revision = ?` (or an INSERT that fails
