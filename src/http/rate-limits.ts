@@ -5,10 +5,13 @@
  * with `Retry-After`, which Twilio treats as a failed webhook, never a 5xx.
  *
  * - Unsigned traffic: every request that carries no proof of coming from Twilio
- *   (no `X-Twilio-Signature` on a webhook, no `sig` on an audio link: unknown
- *   paths, the admin console, scanners), counted in `onRequest` before the body is
- *   read, per client address first and then for the instance. A flood of it is
- *   refused cheaply and spends neither the signed budget nor another address's.
+ *   (no `X-Twilio-Signature` header, no `sig` of an audio link) and every request
+ *   to an unknown path (the admin console, scanners, 404s), counted in `onRequest`
+ *   before the body is read, per client address first and then for the instance. A
+ *   flood of it is refused cheaply and spends neither the signed budget nor another
+ *   address's. Every route that exists checks what it carries: the webhooks and the
+ *   ConversationRelay upgrade Twilio's signature, audio its own, the console its
+ *   token (before any of this).
  * - Signed webhooks: counted in `preHandler` after the signature check, for the
  *   instance and per caller (keyed by the signed `From` number), so a forged
  *   request can neither spend Twilio's allowance nor a real caller's. Withheld
@@ -81,11 +84,16 @@ export const rateLimits = fp<RateLimits>(
   { name: 'rate-limits', fastify: '5.x' },
 );
 
-/** A webhook with Twilio's signature header, or an audio link with the service's signature: checked, then counted. */
+/**
+ * A request to a route that exists, carrying Twilio's signature header (webhooks,
+ * the ConversationRelay upgrade) or the service's own audio signature (`sig`): the
+ * route checks it, so it is not counted as unsigned. An unknown path is checked by
+ * nothing, so a signature on it counts for nothing.
+ */
 function carriesTwilioProof(request: FastifyRequest): boolean {
-  if (request.routeOptions.config.twilioWebhook) return typeof request.headers['x-twilio-signature'] === 'string';
+  if (request.routeOptions.url === undefined) return false;
   const query = request.query as Record<string, unknown> | undefined;
-  return request.method === 'GET' && (request.routeOptions.url ?? '').startsWith('/audio/') && typeof query?.sig === 'string';
+  return typeof request.headers['x-twilio-signature'] === 'string' || typeof query?.sig === 'string';
 }
 
 function callerKey(request: FastifyRequest): string {
