@@ -12,9 +12,9 @@
  * status callback CallDuration, Timestamp, CallbackSource, SequenceNumber and a
  * few more: under 40 in every case. The longest value is SpeechResult, the
  * transcript of one spoken answer: the service keeps 2,000 characters of it
- * (src/twilio/events.ts), 18 KB percent-encoded even when every character is three
- * UTF-8 bytes (a minute of speech is about 1,000 characters). So 100 parameters
- * and 32 KiB hold any real request with room to spare.
+ * (src/transports/gather/events.ts), 18 KB percent-encoded even when every
+ * character is three UTF-8 bytes (a minute of speech is about 1,000 characters).
+ * So 100 parameters and 32 KiB hold any real request with room to spare.
  *
  * @see https://www.twilio.com/docs/voice/twiml#request-parameters
  * @see https://www.twilio.com/docs/voice/twiml/gather#action

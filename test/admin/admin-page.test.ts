@@ -36,6 +36,9 @@ beforeAll(async () => {
   eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
   svc = await startService({
     ADMIN_TOKEN,
+    // The console counts as unsigned traffic (10 requests a second per address by
+    // default, plenty for a person); these tests read it faster than anyone would.
+    RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND: '1000',
     KOOZIE_AGENT_URI: agent.url,
     ELEVENLABS_API_KEY: ELEVENLABS_KEY,
     ELEVEN_VOICE_ID: 'voice-1',
