@@ -1,9 +1,9 @@
 /**
  * The process: read and validate configuration, build the service, listen, and
  * shut down gracefully. A bad setting or a store that cannot be used (a corrupt
- * database) stops the start with one line saying what is wrong. On SIGTERM (Cloud Run gives 10 s) it stops taking
- * requests, lets turns in flight finish and store their result, closes the store
- * and exits 0.
+ * database) stops the start with one line saying what is wrong. On SIGTERM (Cloud
+ * Run gives 10 s) it stops taking requests, lets turns in flight finish and store
+ * their result, closes the store and exits 0.
  *
  * @see https://cloud.google.com/run/docs/container-contract#instance-shutdown
  */
