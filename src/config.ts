@@ -82,16 +82,19 @@ export interface Config {
   audioUrlTtlSec: number;
   snapshotTtlHours: number;
   /**
-   * Signed webhooks per caller number per minute, requests per second per
-   * instance; 429 beyond. Generous: a call makes a few webhooks a minute.
+   * Signed webhooks per caller number per minute and per instance per second;
+   * requests without a Twilio signature per instance and per client address per
+   * second; 429 beyond. Generous: a call makes a few webhooks a minute.
    */
-  rateLimits: { perCallerPerMinute: number; globalPerSecond: number };
+  rateLimits: { perCallerPerMinute: number; signedPerSecond: number; unsignedPerSecond: number; unsignedPerAddressPerSecond: number };
 }
 
 type Env = Record<string, string | undefined>;
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 export const LOCAL_TOKEN_FILE = 'local-twilio-auth-token';
+/** DATA_DIR, when the service makes it: its user's only. */
+export const DATA_DIR_MODE = 0o700;
 
 export function loadConfig(env: Env): Config {
   const nodeEnv = env.NODE_ENV ?? 'development';
@@ -192,7 +195,9 @@ export function loadConfig(env: Env): Config {
     snapshotTtlHours: integer(env, 'SNAPSHOT_TTL_HOURS', 24, 1, 24 * 365),
     rateLimits: {
       perCallerPerMinute: integer(env, 'RATE_LIMIT_PER_CALLER_PER_MINUTE', 300, 1, 1_000_000),
-      globalPerSecond: integer(env, 'RATE_LIMIT_GLOBAL_PER_SECOND', 2_000, 1, 1_000_000),
+      signedPerSecond: integer(env, 'RATE_LIMIT_GLOBAL_PER_SECOND', 2_000, 1, 1_000_000),
+      unsignedPerSecond: integer(env, 'RATE_LIMIT_UNSIGNED_PER_SECOND', 100, 1, 1_000_000),
+      unsignedPerAddressPerSecond: integer(env, 'RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND', 10, 1, 1_000_000),
     },
   };
 }
@@ -288,10 +293,14 @@ function url(env: Env, name: string, fallback: string, httpsOnly: boolean): stri
   return parsed.toString().replace(/\/+$/, '');
 }
 
-/** DATA_DIR holds the embedded store (and the local token): one that cannot be written stops the start here, in one line. */
+/**
+ * DATA_DIR holds the embedded store (and the local token): one that cannot be
+ * written stops the start here, in one line. Made for the service's user only
+ * (0700); an existing directory keeps its mode, its files are 0600 each.
+ */
 function usableDataDir(dataDir: string): void {
   try {
-    mkdirSync(dataDir, { recursive: true });
+    mkdirSync(dataDir, { recursive: true, mode: DATA_DIR_MODE });
     accessSync(dataDir, constants.W_OK);
   } catch (error) {
     throw new ConfigError('DATA_DIR', `must be a directory the service can write, got "${dataDir}" (${(error as NodeJS.ErrnoException).code ?? 'unusable'})`);
@@ -308,7 +317,7 @@ export function localAuthToken(dataDir: string): string {
   try {
     return readFileSync(file, 'utf8').trim();
   } catch {
-    mkdirSync(dataDir, { recursive: true });
+    mkdirSync(dataDir, { recursive: true, mode: DATA_DIR_MODE });
     const token = randomBytes(24).toString('hex');
     writeFileSync(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
     return readFileSync(file, 'utf8').trim();

@@ -1,7 +1,8 @@
 /**
  * One pino logger for the process, JSON lines that Cloud Logging reads: `severity`
  * instead of pino's numeric level, `message` as the message key. Secrets are
- * redacted by path; each call logs through `child({ callSid })`.
+ * redacted by path; each call logs through `child({ callSid })`. A warning that
+ * anyone can trigger at will (a refused request) goes through `throttledWarning`.
  *
  * @see https://cloud.google.com/logging/docs/structured-logging
  * @see https://getpino.io/#/docs/redaction
@@ -55,4 +56,24 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     },
     destination,
   );
+}
+
+/**
+ * A warning that strangers can trigger as often as they like (one per forged or
+ * refused request): written at most once per `everyMs`, each line saying how many
+ * were left out since the one before (`suppressed`), so a flood costs one line a
+ * second, not one per request, and the count is still there.
+ */
+export function throttledWarning(everyMs: number, message: string) {
+  let lastAt = -Infinity;
+  let suppressed = 0;
+  return (log: { warn(fields: object, message: string): void }, fields: Record<string, unknown>, now = Date.now()): void => {
+    if (now - lastAt < everyMs) {
+      suppressed += 1;
+      return;
+    }
+    log.warn({ ...fields, suppressed }, message);
+    lastAt = now;
+    suppressed = 0;
+  };
 }

@@ -1,8 +1,9 @@
 /**
  * The process: read and validate configuration, build the service, listen, and
- * shut down gracefully. On SIGTERM (Cloud Run gives 10 s) it stops taking
- * requests, lets turns in flight finish and store their result, closes the store
- * and exits 0.
+ * shut down gracefully. A bad setting or a store that cannot be used (a corrupt
+ * database) stops the start with one line saying what is wrong. On SIGTERM (Cloud
+ * Run gives 10 s) it stops taking requests, lets turns in flight finish and store
+ * their result, closes the store and exits 0.
  *
  * @see https://cloud.google.com/run/docs/container-contract#instance-shutdown
  */
@@ -10,6 +11,7 @@ import closeWithGrace from 'close-with-grace';
 import { ConfigError, loadConfig, LOCAL_TOKEN_FILE } from './config.ts';
 import { createLogger } from './logger.ts';
 import { createService } from './service.ts';
+import { StoreOpenError } from './store/call-store.ts';
 
 const startedAt = performance.now();
 
@@ -25,7 +27,17 @@ try {
 }
 
 const log = createLogger(config.logLevel);
-const service = await createService(config, log);
+let service;
+try {
+  service = await createService(config, log);
+} catch (error) {
+  // A store that cannot be used (a corrupt or unopenable database): one line naming the file, like a bad setting.
+  if (error instanceof StoreOpenError) {
+    process.stderr.write(`Store error: ${error.message}\n`);
+    process.exit(1);
+  }
+  throw error;
+}
 
 if (config.twilioAuthTokenSource === 'local') {
   log.warn(

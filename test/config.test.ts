@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -75,6 +75,8 @@ describe('configuration', () => {
       [{ SAY_LANGUAGE: 'english' }, 'SAY_LANGUAGE'],
       [{ SAY_LANGUAGE: 'en_US' }, 'SAY_LANGUAGE'],
       [{ SAY_VOICE: 'Google.en-US-Neural2-F', SAY_LANGUAGE: 'en-GB' }, 'SAY_LANGUAGE'],
+      [{ RATE_LIMIT_UNSIGNED_PER_SECOND: '0' }, 'RATE_LIMIT_UNSIGNED_PER_SECOND'],
+      [{ RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND: 'many' }, 'RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND'],
     ];
     for (const [env, variable] of cases) {
       const error = errorOf({ DATA_DIR: dir, ...env });
@@ -95,6 +97,24 @@ describe('configuration', () => {
     expect(errorOf({ DATA_DIR: dir, AGENT_FIRST_TEXT_TIMEOUT_MS: '30000' }).message).toBe(
       'AGENT_FIRST_TEXT_TIMEOUT_MS: must be at most AGENT_TIMEOUT_MS (20000), got 30000',
     );
+  });
+
+  it('limits unsigned traffic apart from signed webhooks: defaults, and the operator\u2019s values', () => {
+    expect(loadConfig({ DATA_DIR: dataDir() }).rateLimits).toEqual({ perCallerPerMinute: 300, signedPerSecond: 2_000, unsignedPerSecond: 100, unsignedPerAddressPerSecond: 10 });
+    const config = loadConfig({
+      DATA_DIR: dataDir(),
+      RATE_LIMIT_GLOBAL_PER_SECOND: '500',
+      RATE_LIMIT_UNSIGNED_PER_SECOND: '40',
+      RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND: '4',
+    });
+    expect(config.rateLimits).toMatchObject({ signedPerSecond: 500, unsignedPerSecond: 40, unsignedPerAddressPerSecond: 4 });
+  });
+
+  it('makes DATA_DIR for the service user only (0700) and its local token 0600', () => {
+    const dir = join(dataDir(), 'data');
+    loadConfig({ DATA_DIR: dir });
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(join(dir, LOCAL_TOKEN_FILE)).mode & 0o777).toBe(0o600);
   });
 
   it('takes the operator settings as given', () => {

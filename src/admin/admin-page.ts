@@ -186,8 +186,16 @@ function timelineTable(rows: TimelineRow[]): string {
 </section>`;
 }
 
+/**
+ * Text as HTML. Bidirectional controls are shown as what they are (`⟨U+202E⟩`)
+ * instead of reordering the text around them: caller words are stripped of them at
+ * the edge (src/twilio/spoken-text.ts), but an agent's reply or an older record may
+ * still carry one, and the console must not display a line backwards.
+ */
 export function escapeHtml(text: string): string {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+  return text
+    .replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
+    .replace(/[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}⟩`);
 }
 
 /** The colour of a visited state; the browser test looks for it in a screenshot. */
@@ -200,6 +208,7 @@ header h1 { font-size: 1.2rem; margin: 0; } header h1 a { color: inherit; text-d
 main { padding: 0 1.5rem 2rem; } footer { padding: 1rem 1.5rem; color: #656d76; font-size: 12px; }
 h2 { font-size: 1.05rem; margin: 1.2rem 0 .5rem; }
 table { border-collapse: collapse; } th, td { text-align: left; padding: .25rem .6rem; border-bottom: 1px solid #eaeef2; vertical-align: top; }
+td, dd { overflow-wrap: anywhere; } /* a 1,800-character "word" wraps instead of widening the page */
 th { background: #f6f8fa; } tr.selected td { background: #fff4e5; }
 .calls { font-size: 13px; } .note { color: #656d76; }
 .summary { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1rem; margin: 0; } .summary dt { color: #656d76; } .summary dd { margin: 0; }

@@ -78,9 +78,20 @@ export interface CallStore {
   listRecords(query: RecordQuery): Promise<CallRecord[]>;
   /** Drops snapshots not updated since `before` (records stay). Returns how many. */
   expireSnapshots(before: number): Promise<number>;
-  /** True when the store answers; readiness follows it. */
+  /**
+   * True when the store can be written and read back now (a small write to a
+   * health record, within a bounded time); readiness follows it. Never throws.
+   */
   healthy(): Promise<boolean>;
   close(): Promise<void>;
+}
+
+/**
+ * The store cannot be used at start (an embedded database that is corrupt or
+ * cannot be opened): the message names the file and what is wrong, in one line.
+ */
+export class StoreOpenError extends Error {
+  override readonly name = 'StoreOpenError';
 }
 
 /** How many remembered answers a call keeps (Twilio retries only recent requests). */

@@ -38,6 +38,10 @@
  * and the snapshot document the snapshot, which also holds the turns, so a call
  * has room for a few hundred turns.
  *
+ * Readiness writes and reads back one small document per store instance,
+ * `storeHealth/{random id}` (a document per instance: Firestore sustains about one
+ * write a second to one document), within HEALTH_TIMEOUT_MS.
+ *
  * The emulator is chosen by `FIRESTORE_EMULATOR_HOST`, which the client library
  * reads itself; tests pass their own client instead.
  *
@@ -48,7 +52,8 @@
  * @see https://cloud.google.com/firestore/quotas#limits
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Firestore, Timestamp, type CollectionReference, type Query } from '@google-cloud/firestore';
+import { randomUUID } from 'node:crypto';
+import { Firestore, Timestamp, type CollectionReference, type DocumentReference, type Query } from '@google-cloud/firestore';
 import {
   rememberResponse,
   type CallRecord,
@@ -65,6 +70,8 @@ export interface FirestoreCallStoreOptions {
   collection?: string;
   /** Collection of snapshot documents (the one with the TTL policy). */
   snapshotCollection?: string;
+  /** Collection of the readiness documents, one per store instance. */
+  healthCollection?: string;
   /** How long a snapshot outlives its last commit before the TTL policy may drop it. */
   snapshotTtlMs?: number;
   /** A ready client (tests, emulator); by default one is built for `projectId`. */
@@ -113,12 +120,14 @@ export class FirestoreCallStore implements CallStore {
   readonly #calls: CollectionReference;
   readonly #snapshots: CollectionReference;
   readonly #snapshotTtlMs: number;
+  readonly #health: DocumentReference;
   #closed = false;
 
   constructor({
     projectId,
     collection = 'calls',
     snapshotCollection = 'callSnapshots',
+    healthCollection = 'storeHealth',
     snapshotTtlMs = DAY_MS,
     firestore,
   }: FirestoreCallStoreOptions) {
@@ -126,6 +135,7 @@ export class FirestoreCallStore implements CallStore {
     this.#calls = this.#firestore.collection(collection);
     this.#snapshots = this.#firestore.collection(snapshotCollection);
     this.#snapshotTtlMs = snapshotTtlMs;
+    this.#health = this.#firestore.collection(healthCollection).doc(randomUUID());
   }
 
   async load(callSid: string): Promise<StoredCall | null> {
@@ -264,16 +274,14 @@ export class FirestoreCallStore implements CallStore {
     const timeout = new Promise<false>((resolve) => {
       timer = setTimeout(() => resolve(false), HEALTH_TIMEOUT_MS);
     });
-    // One document read; a missing document is still an answer.
-    const read = this.#calls
-      .doc('_health')
-      .get()
-      .then(
-        () => true,
-        () => false,
-      );
+    // A write and a read back: the store can take a commit, not just answer.
+    const check = (async () => {
+      const checkedAt = Date.now();
+      await this.#health.set({ checkedAt });
+      return (await this.#health.get()).get('checkedAt') === checkedAt;
+    })().catch(() => false);
     try {
-      return await Promise.race([read, timeout]);
+      return await Promise.race([check, timeout]);
     } finally {
       clearTimeout(timer);
     }

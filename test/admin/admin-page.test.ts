@@ -36,6 +36,9 @@ beforeAll(async () => {
   eleven = await startFakeElevenLabs({ apiKey: ELEVENLABS_KEY });
   svc = await startService({
     ADMIN_TOKEN,
+    // The console counts as unsigned traffic (10 requests a second per address by
+    // default, plenty for a person); these tests read it faster than anyone would.
+    RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND: '1000',
     KOOZIE_AGENT_URI: agent.url,
     ELEVENLABS_API_KEY: ELEVENLABS_KEY,
     ELEVEN_VOICE_ID: 'voice-1',
@@ -139,6 +142,41 @@ describe('the admin page in a browser', () => {
     expect(await page.locator('#call h2').textContent()).toBe(`Call ${record.callSid}`);
     expect(await page.locator('#timeline tbody tr').count()).toBe(record.path.length);
     await page.close();
+  });
+});
+
+describe('the admin page with hostile words', () => {
+  const LONG_WORD = 'x'.repeat(1_800);
+  // Caller words that would read "I owe you 100$" backwards-rendered as "$001": a right-to-left override.
+  const SPOOFED = 'I owe you \u202E$001\u202C dollars';
+
+  it('strips bidirectional controls from caller words, shows an agent’s as visible marks, and wraps an 1,800-character word', async () => {
+    const hostileAgent = await startFakeAgent({ behaviour: { kind: 'reply', answer: () => 'Noted \u2067reversed\u2069 and \u200Fmarked.' } });
+    const hostile = await startService({ ADMIN_TOKEN, KOOZIE_AGENT_URI: hostileAgent.url });
+    try {
+      const call = hostile.call();
+      await call.dial();
+      await call.say(SPOOFED);
+      await call.say(LONG_WORD);
+      const stored = (await hostile.service.store.getRecord(call.callSid))!;
+      expect(stored.turns[0]?.caller).toBe('I owe you $001 dollars');
+      expect(stored.turns[1]?.caller).toBe(LONG_WORD);
+
+      const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+      await page.setExtraHTTPHeaders({ authorization: `Bearer ${ADMIN_TOKEN}` });
+      await page.goto(`${hostile.address}/admin?call=${call.callSid}`);
+      const said = await page.locator('#timeline td.said').allTextContents();
+      expect(said).toContain('Caller: “I owe you $001 dollars”');
+      expect(said).toContain('Agent: “Noted ⟨U+2067⟩reversed⟨U+2069⟩ and ⟨U+200F⟩marked.”');
+      expect(said.join('')).not.toMatch(/[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/);
+      // The page is as wide as the window: the long word wraps inside its cell.
+      const width = await page.evaluate(() => document.documentElement.scrollWidth);
+      expect(width).toBeLessThanOrEqual(1400);
+      await page.close();
+    } finally {
+      await hostile.close();
+      await hostileAgent.close();
+    }
   });
 });
 

@@ -1,15 +1,18 @@
 /**
  * Operations: SIGTERM drains the turns in flight (the process as `npm start` runs
- * it), readiness follows the store, and a bad configuration stops the start with
- * one clear line naming the variable.
+ * it), readiness follows the store (down, or its disk full), a bad configuration
+ * or a damaged database stops the start with one clear line naming it, and the
+ * data directory is the service user's only.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
+import { DatabaseSync } from 'node:sqlite';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PHRASES } from '../../machines/call.machine.ts';
 import { newCallSid, parseTwiml, SimulatedCall } from '../../src/phone/twilio-caller.ts';
 import { SqliteCallStore } from '../../src/store/sqlite-store.ts';
 import { startFakeAgent, type FakeAgent } from '../fakes/agent-server.ts';
@@ -276,6 +279,86 @@ describe('readiness', () => {
   });
 });
 
+describe('readiness on a full disk', () => {
+  it('answers 503 once the store cannot write (files capped by RLIMIT_FSIZE, as a full disk), while webhooks still get TwiML', { timeout: 60_000 }, async () => {
+    const dataDir = tempDir();
+    // `ulimit -f` caps every file the process writes (POSIX counts 512-byte blocks: 1 MiB). Node
+    // ignores SIGXFSZ, so a write past the cap fails with EFBIG and SQLite reports SQLITE_FULL.
+    const server = await startServerProcess(
+      { PUBLIC_BASE_URL, TWILIO_AUTH_TOKEN: AUTH_TOKEN, KOOZIE_AGENT_URI: agent.url, DATA_DIR: dataDir },
+      undefined,
+      ['sh', '-c', 'ulimit -f 2048 && exec "$0" "$@"'],
+    );
+    processes.push(server);
+    const ready = async () => (await fetch(`${server.url}/readyz`)).status;
+    expect(await ready()).toBe(200);
+    let calls = 0;
+    let stored = 0;
+    const statuses = new Set<number>();
+    while ((await ready()) === 200 && calls < 2_000) {
+      const greeted = await callerFor(server).webhook('/voice', { CallStatus: 'ringing' });
+      statuses.add(greeted.status);
+      if (greeted.body.includes(PHRASES.greeting)) stored += 1;
+      calls += 1;
+    }
+    // The store worked until the disk filled up.
+    expect(stored).toBeGreaterThan(10);
+    expect(calls, 'readiness never failed').toBeLessThan(2_000);
+    const answer = await fetch(`${server.url}/readyz`);
+    expect(answer.status).toBe(503);
+    expect(await answer.json()).toEqual({ status: 'store unavailable', store: 'sqlite' });
+    // The webhooks that could not be stored still got TwiML (recovery), never a 5xx.
+    expect([...statuses]).toEqual([200]);
+    expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
+    figure(`operations: files capped at 1 MiB: /readyz 503 once ${calls} calls filled the store (${stored} stored); every webhook answered 200 TwiML`);
+  });
+});
+
+describe('a damaged store', () => {
+  function corruptStore(header: boolean): string {
+    const dataDir = tempDir();
+    const db = new DatabaseSync(join(dataDir, 'calls.sqlite'));
+    db.exec("CREATE TABLE calls (call_sid TEXT PRIMARY KEY, revision INTEGER); INSERT INTO calls VALUES ('CA1', 1)");
+    const { rootpage } = db.prepare("SELECT rootpage FROM sqlite_schema WHERE name = 'calls'").get() as { rootpage: number };
+    db.close();
+    const fd = openSync(join(dataDir, 'calls.sqlite'), 'r+');
+    // The header (the first 100 bytes) garbled, or the calls table's root page zeroed.
+    writeSync(fd, header ? Buffer.alloc(100, 0x41) : Buffer.alloc(4096), 0, header ? 100 : 4096, header ? 0 : (rootpage - 1) * 4096);
+    closeSync(fd);
+    return dataDir;
+  }
+
+  it('stops the start with exit code 1 and one line naming the file and what is wrong', async () => {
+    for (const [header, what] of [[true, 'not a SQLite database, or its header is corrupt'], [false, 'the database is corrupt']] as const) {
+      const dataDir = corruptStore(header);
+      const { code, stdout, stderr } = await startWith({ DATA_DIR: dataDir, TWILIO_AUTH_TOKEN: AUTH_TOKEN });
+      const file = join(dataDir, 'calls.sqlite');
+      expect(code, stderr).toBe(1);
+      expect(stderr.endsWith('\n') && stderr.trimEnd().split('\n'), stderr).toHaveLength(1);
+      expect(stderr.startsWith(`Store error: ${file}: ${what}`), stderr).toBe(true);
+      expect(stderr).toMatch(/move it aside to start with an empty store, or restore a backup\n$/);
+      expect(stdout).toBe('');
+    }
+    figure('operations: a garbled header and a zeroed table page each stopped the start with exit 1 and one line naming the file');
+  });
+});
+
+describe('the data directory', () => {
+  it('is made 0700, and its local token, database, WAL and shared-memory files are 0600', async () => {
+    const dataDir = join(tempDir(), 'data');
+    const server = await startServerProcess({ PUBLIC_BASE_URL, KOOZIE_AGENT_URI: agent.url, DATA_DIR: dataDir });
+    processes.push(server);
+    const token = readFileSync(join(dataDir, 'local-twilio-auth-token'), 'utf8').trim();
+    const call = new SimulatedCall({ publicBaseUrl: PUBLIC_BASE_URL, targetBaseUrl: server.url, authToken: token });
+    expect((await call.dial()).heard.length).toBeGreaterThan(0);
+    const mode = (name: string) => (statSync(join(dataDir, name)).mode & 0o777).toString(8);
+    expect(mode('.')).toBe('700');
+    for (const name of ['local-twilio-auth-token', 'calls.sqlite', 'calls.sqlite-wal', 'calls.sqlite-shm']) expect(mode(name), name).toBe('600');
+    server.child.kill('SIGTERM');
+    expect(await server.exited).toBe(0);
+  });
+});
+
 /** `node src/server.ts` with only this environment; resolves with what it printed and its exit code. */
 function startWith(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
@@ -311,6 +394,8 @@ describe('configuration errors', () => {
     ['WEBHOOK_ANSWER_BUDGET_MS', { WEBHOOK_DEADLINE_MS: '3000', WEBHOOK_ANSWER_BUDGET_MS: '2000' }],
     ['RATE_LIMIT_PER_CALLER_PER_MINUTE', { RATE_LIMIT_PER_CALLER_PER_MINUTE: '0' }],
     ['RATE_LIMIT_GLOBAL_PER_SECOND', { RATE_LIMIT_GLOBAL_PER_SECOND: 'lots' }],
+    ['RATE_LIMIT_UNSIGNED_PER_SECOND', { RATE_LIMIT_UNSIGNED_PER_SECOND: '0' }],
+    ['RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND', { RATE_LIMIT_UNSIGNED_PER_ADDRESS_PER_SECOND: '-1' }],
     ['DATA_DIR', { DATA_DIR: '/dev/null/calls', TWILIO_AUTH_TOKEN: AUTH_TOKEN }],
     ['DATA_DIR', { DATA_DIR: '/dev/null/calls' }],
   ];

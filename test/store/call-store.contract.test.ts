@@ -430,5 +430,23 @@ describe('CallStore contract', () => {
       const firestore = new Firestore({ projectId, host, ssl: false });
       return new FirestoreCallStore({ projectId, firestore });
     });
+
+    it('FirestoreCallStore readiness writes its own health document and reads it back', async () => {
+      if (!emulator) throw new Error('The Firestore emulator did not start');
+      await emulator.clear();
+      const { host, projectId } = emulator;
+      const store = new FirestoreCallStore({ projectId, firestore: new Firestore({ projectId, host, ssl: false }) });
+      const reader = new Firestore({ projectId, host, ssl: false });
+      try {
+        const before = Date.now();
+        expect(await store.healthy()).toBe(true);
+        const written = (await reader.collection('storeHealth').get()).docs.map((d) => d.get('checkedAt') as number);
+        expect(written).toHaveLength(1);
+        expect(written[0]).toBeGreaterThanOrEqual(before);
+      } finally {
+        await store.close();
+        await reader.terminate();
+      }
+    });
   });
 });

@@ -21,9 +21,14 @@ export interface ServerProcess {
   exited: Promise<number | string>;
 }
 
-export async function startServerProcess(env: Record<string, string>, port?: number): Promise<ServerProcess> {
+/**
+ * `wrapper`: a command that runs the server as its last arguments (a shell that
+ * sets a resource limit first, say).
+ */
+export async function startServerProcess(env: Record<string, string>, port?: number, wrapper: string[] = []): Promise<ServerProcess> {
   const chosen = port ?? (await freePort());
-  const child = spawn(process.execPath, [SERVER], {
+  const [command, ...args] = wrapper.length ? [...wrapper, process.execPath, SERVER] : [process.execPath, SERVER];
+  const child = spawn(command!, args, {
     env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: String(chosen), LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
