@@ -38,6 +38,21 @@ describe('configuration', () => {
     expect(loadConfig({ DATA_DIR: dir }).twilioAuthToken).toBe(config.twilioAuthToken);
   });
 
+  it('connects callers over <Gather> by default, and over ConversationRelay with its speech settings when asked', () => {
+    expect(loadConfig({ DATA_DIR: dataDir() })).toMatchObject({ transport: { kind: 'gather', relay: { language: 'en-US', interruptible: 'any' } }, maxTurns: 150 });
+    const relay = loadConfig({
+      DATA_DIR: dataDir(),
+      CALL_TRANSPORT: 'relay',
+      RELAY_LANGUAGE: 'es-ES',
+      RELAY_TTS_PROVIDER: 'ElevenLabs',
+      RELAY_VOICE: 'UgBBYS2sOqTuMpoF3BR0',
+      RELAY_INTERRUPTIBLE: 'speech',
+      CALL_MAX_TURNS: '40',
+    });
+    expect(relay.transport).toEqual({ kind: 'relay', relay: { language: 'es-ES', ttsProvider: 'ElevenLabs', voice: 'UgBBYS2sOqTuMpoF3BR0', interruptible: 'speech' } });
+    expect(relay.maxTurns).toBe(40);
+  });
+
   it('refuses to start in production without a Twilio token or with a plain-http public URL', () => {
     expect(errorOf({ NODE_ENV: 'production', PUBLIC_BASE_URL: 'https://x.example' }).variable).toBe('TWILIO_AUTH_TOKEN');
     expect(errorOf({ NODE_ENV: 'production', TWILIO_AUTH_TOKEN: 't', PUBLIC_BASE_URL: 'http://x.example' }).variable).toBe('PUBLIC_BASE_URL');
@@ -56,6 +71,12 @@ describe('configuration', () => {
       [{ ELEVEN_VOICE_ID: 'v' }, 'ELEVENLABS_API_KEY'],
       [{ ELEVENLABS_API_KEY: 'k', ELEVEN_VOICE_ID: 'v', ELEVEN_OUTPUT_FORMAT: 'pcm_16000' }, 'ELEVEN_OUTPUT_FORMAT'],
       [{ CALL_STORE: 'postgres' }, 'CALL_STORE'],
+      [{ CALL_TRANSPORT: 'websocket' }, 'CALL_TRANSPORT'],
+      [{ RELAY_LANGUAGE: 'English' }, 'RELAY_LANGUAGE'],
+      [{ RELAY_TTS_PROVIDER: 'Azure' }, 'RELAY_TTS_PROVIDER'],
+      [{ RELAY_VOICE: 'a voice; with spaces' }, 'RELAY_VOICE'],
+      [{ RELAY_INTERRUPTIBLE: 'sometimes' }, 'RELAY_INTERRUPTIBLE'],
+      [{ CALL_MAX_TURNS: '0' }, 'CALL_MAX_TURNS'],
       [{ CALL_STORE: 'firestore' }, 'GCP_PROJECT_ID'],
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN'],
