@@ -17,11 +17,16 @@ export interface RelayCall {
 }
 
 /** A signed webhook POST, as Twilio sends it; returns the status and the body. */
-export async function twilioPost(address: string, path: string, form: Record<string, string>): Promise<{ status: number; body: string }> {
+export async function twilioPost(
+  address: string,
+  path: string,
+  form: Record<string, string>,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
   const signature = getExpectedTwilioSignature(AUTH_TOKEN, PUBLIC_BASE_URL + path, form);
   const response = await fetch(address + path, {
     method: 'POST',
-    headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-twilio-signature': signature },
+    headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-twilio-signature': signature, ...headers },
     body: new URLSearchParams(form).toString(),
   });
   return { status: response.status, body: await response.text() };
