@@ -12,7 +12,7 @@
  *
  * @see ../diagram/machine-graph.ts (edgesAlong: which edges a stored path went along)
  */
-import type { CallRecord } from '../store/call-store.ts';
+import type { CallRecord, CallSummary } from '../store/call-store.ts';
 import { edgesAlong, type MachineGraph } from '../diagram/machine-graph.ts';
 
 export interface TimelineRow {
@@ -71,7 +71,7 @@ export interface AdminPageInput {
   graph: MachineGraph;
   /** The rendered diagram; undefined when this build has none (docs/diagram not shipped). */
   svg: string | undefined;
-  calls: CallRecord[];
+  calls: CallSummary[];
   filters: { number?: string | undefined; limit: number };
   selected?: CallRecord | undefined;
   /** A call asked for that the store does not have. */
@@ -125,7 +125,7 @@ ${selected ? timelineTable(timeline) : ''}
 `;
 }
 
-function callsTable(calls: CallRecord[], selected: string | undefined): string {
+function callsTable(calls: CallSummary[], selected: string | undefined): string {
   if (calls.length === 0) return '<p class="note">No calls yet.</p>';
   const rows = calls
     .map(
@@ -133,7 +133,7 @@ function callsTable(calls: CallRecord[], selected: string | undefined): string {
     <td><a href="/admin?call=${encodeURIComponent(c.callSid)}">${escapeHtml(c.callSid)}</a></td>
     <td>${escapeHtml(new Date(c.startedAt).toISOString())}</td>
     <td>${escapeHtml(c.from)}</td><td>${escapeHtml(c.to)}</td>
-    <td>${escapeHtml(c.state)}</td><td>${escapeHtml(c.endReason ?? '')}</td><td>${c.turns.length}</td>
+    <td>${escapeHtml(c.state)}</td><td>${escapeHtml(c.endReason ?? '')}</td><td>${c.turnCount}</td>
   </tr>`,
     )
     .join('\n  ');

@@ -13,7 +13,7 @@
  *
  * Routes:
  * - `GET /admin`                      the page; `?call=CA…` selects a call, `?number=&limit=` filter the list
- * - `GET /admin/api/calls`            `{ calls }`, newest first; `?since&until` (ms or ISO 8601), `number`, `limit` (1–500, default 50)
+ * - `GET /admin/api/calls`            `{ calls }`: summaries (no turns or path; `turnCount`), newest first; `?since&until` (ms or ISO 8601), `number`, `limit` (1–500, default 50)
  * - `GET /admin/api/calls/:callSid`   the stored call record
  *
  * @see ./admin-page.ts
@@ -98,7 +98,7 @@ export async function adminRoutes(app: FastifyInstance, options: AdminOptions): 
     if (callSid !== undefined && !CALL_SID.test(callSid)) throw new AdminQueryError('call must be a CallSid (CA followed by 32 hex digits)');
     const listQuery = recordQueryOf(query);
     const [calls, selected] = await Promise.all([
-      options.store.listRecords(listQuery),
+      options.store.listSummaries(listQuery),
       callSid === undefined ? Promise.resolve(null) : options.store.getRecord(callSid),
     ]);
     const html = renderAdminPage({
@@ -118,7 +118,7 @@ export async function adminRoutes(app: FastifyInstance, options: AdminOptions): 
   });
 
   app.get<{ Querystring: Record<string, unknown> }>('/api/calls', async (request) => {
-    return { calls: await options.store.listRecords(recordQueryOf(request.query)) };
+    return { calls: await options.store.listSummaries(recordQueryOf(request.query)) };
   });
 
   app.get<{ Params: { callSid: string } }>('/api/calls/:callSid', async (request, reply) => {

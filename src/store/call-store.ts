@@ -35,6 +35,18 @@ export interface CallRecord {
   worker?: { instance: string; until: number };
 }
 
+/**
+ * A call as a list shows it: the record without its turns and path (which a long
+ * call makes large), with how many turns it had. Lists return these, never whole
+ * records, so a page of calls stays small however long the calls were.
+ */
+export type CallSummary = Omit<CallRecord, 'turns' | 'path' | 'worker'> & { turnCount: number };
+
+export function summaryOf(record: CallRecord): CallSummary {
+  const { turns, path: _path, worker: _worker, ...rest } = record;
+  return { ...rest, turnCount: turns.length };
+}
+
 export interface StoredCall {
   callSid: string;
   revision: number;
@@ -74,8 +86,8 @@ export interface CallStore {
   load(callSid: string): Promise<StoredCall | null>;
   commit(request: CommitRequest): Promise<CommitResult>;
   getRecord(callSid: string): Promise<CallRecord | null>;
-  /** Newest first. */
-  listRecords(query: RecordQuery): Promise<CallRecord[]>;
+  /** Newest first; summaries (see `CallSummary`), not whole records. */
+  listSummaries(query: RecordQuery): Promise<CallSummary[]>;
   /** Drops snapshots not updated since `before` (records stay). Returns how many. */
   expireSnapshots(before: number): Promise<number>;
   /**

@@ -22,7 +22,7 @@
  * no TTL).
  *
  * `firestore.indexes.json` at the repository root (`firebase deploy --only
- * firestore:indexes`) holds the composite index `listRecords` needs for a number
+ * firestore:indexes`) holds the composite index `listSummaries` needs for a number
  * (`numbers` CONTAINS + `startedAt` DESCENDING), the TTL policy on
  * `callSnapshots.expireAt` (or `gcloud firestore fields ttls update expireAt
  * --collection-group=callSnapshots --enable-ttl`), and index exemptions for the
@@ -56,7 +56,9 @@ import { randomUUID } from 'node:crypto';
 import { Firestore, Timestamp, type CollectionReference, type DocumentReference, type Query } from '@google-cloud/firestore';
 import {
   rememberResponse,
+  summaryOf,
   type CallRecord,
+  type CallSummary,
   type CallStore,
   type CommitRequest,
   type CommitResult,
@@ -81,6 +83,8 @@ export interface FirestoreCallStoreOptions {
 interface CallDocument {
   revision: number;
   record: CallRecord;
+  /** What a list reads (CallSummary); documents written before it was kept have none. */
+  summary: CallSummary;
   startedAt: number;
   from: string;
   to: string;
@@ -238,7 +242,7 @@ export class FirestoreCallStore implements CallStore {
     return call.exists ? (call.get('record') as CallRecord) : null;
   }
 
-  async listRecords(query: RecordQuery): Promise<CallRecord[]> {
+  async listSummaries(query: RecordQuery): Promise<CallSummary[]> {
     let q: Query = this.#calls;
     if (query.since !== undefined) q = q.where('startedAt', '>=', query.since);
     if (query.until !== undefined) q = q.where('startedAt', '<', query.until);
@@ -247,8 +251,14 @@ export class FirestoreCallStore implements CallStore {
     // the time-only query (single-field index) need none.
     if (query.number !== undefined) q = q.where('numbers', 'array-contains', query.number);
     const limit = Math.min(Math.max(query.limit ?? 100, 1), 1000);
-    const page = await q.orderBy('startedAt', 'desc').limit(limit).select('record').get();
-    return page.docs.map((doc) => doc.get('record') as CallRecord);
+    // Only the summaries are read (a field mask): a call's turns never leave Firestore for a list.
+    const page = await q.orderBy('startedAt', 'desc').limit(limit).select('summary').get();
+    const older = page.docs.filter((doc) => doc.get('summary') === undefined).map((doc) => doc.ref);
+    const records = new Map<string, CallRecord>();
+    if (older.length > 0) {
+      for (const doc of await this.#firestore.getAll(...older, { fieldMask: ['record'] })) records.set(doc.id, doc.get('record') as CallRecord);
+    }
+    return page.docs.map((doc) => (doc.get('summary') as CallSummary | undefined) ?? summaryOf(records.get(doc.id)!));
   }
 
   async expireSnapshots(before: number): Promise<number> {
@@ -301,6 +311,7 @@ function callDocument(request: CommitRequest, revision: number, responses: Recor
   return {
     revision,
     record,
+    summary: summaryOf(record),
     startedAt: record.startedAt,
     from: record.from,
     to: record.to,

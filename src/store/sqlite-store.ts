@@ -54,7 +54,9 @@ import { Worker } from 'node:worker_threads';
 import {
   rememberResponse,
   StoreOpenError,
+  summaryOf,
   type CallRecord,
+  type CallSummary,
   type CallStore,
   type CommitRequest,
   type CommitResult,
@@ -151,19 +153,22 @@ export class SqliteCallStore implements CallStore {
         checked_at INTEGER NOT NULL
       );
     `);
+    // The list's summary (CallSummary), kept beside the record since it was added; older rows have none.
+    const columns = (this.#db.prepare('PRAGMA table_info(calls)').all() as Array<{ name: string }>).map((c) => c.name);
+    if (!columns.includes('summary')) this.#db.exec('ALTER TABLE calls ADD COLUMN summary TEXT');
     this.#statements = {
       load: this.#db.prepare('SELECT call_sid, revision, snapshot, record, responses, updated_at FROM calls WHERE call_sid = ?'),
       responses: this.#db.prepare('SELECT revision, responses FROM calls WHERE call_sid = ?'),
       insert: this.#db.prepare(
-        `INSERT INTO calls (call_sid, revision, snapshot, record, responses, started_at, from_number, to_number, updated_at)
-         VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO NOTHING`,
+        `INSERT INTO calls (call_sid, revision, snapshot, record, responses, started_at, from_number, to_number, updated_at, summary)
+         VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_sid) DO NOTHING`,
       ),
       update: this.#db.prepare(
-        `UPDATE calls SET revision = revision + 1, snapshot = ?, record = ?, updated_at = ?
+        `UPDATE calls SET revision = revision + 1, snapshot = ?, record = ?, updated_at = ?, summary = ?
          WHERE call_sid = ? AND revision = ?`,
       ),
       updateWithResponses: this.#db.prepare(
-        `UPDATE calls SET revision = revision + 1, snapshot = ?, record = ?, responses = ?, updated_at = ?
+        `UPDATE calls SET revision = revision + 1, snapshot = ?, record = ?, responses = ?, updated_at = ?, summary = ?
          WHERE call_sid = ? AND revision = ?`,
       ),
       expire: this.#db.prepare('UPDATE calls SET snapshot = NULL WHERE updated_at < ? AND snapshot IS NOT NULL'),
@@ -190,16 +195,17 @@ export class SqliteCallStore implements CallStore {
   async commit(request: CommitRequest): Promise<CommitResult> {
     const { callSid, expectedRevision, record, now } = request;
     const snapshot = storedSnapshot(request.snapshot, record);
+    const summary = JSON.stringify(summaryOf(record));
     if (expectedRevision === 0) {
       const responses = JSON.stringify(rememberResponse({}, request.response));
       const result = this.#statements.insert.run(
-        callSid, snapshot, JSON.stringify(record), responses, record.startedAt, record.from, record.to, now,
+        callSid, snapshot, JSON.stringify(record), responses, record.startedAt, record.from, record.to, now, summary,
       );
       return result.changes === 1 ? { ok: true, revision: 1 } : { ok: false, reason: 'conflict' };
     }
     if (!request.response) {
       // The remembered answers stay as they are: one statement, the compare-and-set itself.
-      const result = this.#statements.update.run(snapshot, JSON.stringify(record), now, callSid, expectedRevision);
+      const result = this.#statements.update.run(snapshot, JSON.stringify(record), now, summary, callSid, expectedRevision);
       return result.changes === 1 ? { ok: true, revision: expectedRevision + 1 } : { ok: false, reason: 'conflict' };
     }
     // Read the remembered answers and write them back in one transaction, so a
@@ -212,7 +218,7 @@ export class SqliteCallStore implements CallStore {
         return { ok: false, reason: 'conflict' };
       }
       const responses = JSON.stringify(rememberResponse(JSON.parse(row.responses), request.response));
-      const result = this.#statements.updateWithResponses.run(snapshot, JSON.stringify(record), responses, now, callSid, expectedRevision);
+      const result = this.#statements.updateWithResponses.run(snapshot, JSON.stringify(record), responses, now, summary, callSid, expectedRevision);
       this.#statements.commit.run();
       return result.changes === 1 ? { ok: true, revision: expectedRevision + 1 } : { ok: false, reason: 'conflict' };
     } catch (error) {
@@ -225,7 +231,7 @@ export class SqliteCallStore implements CallStore {
     return (await this.load(callSid))?.record ?? null;
   }
 
-  async listRecords(query: RecordQuery): Promise<CallRecord[]> {
+  async listSummaries(query: RecordQuery): Promise<CallSummary[]> {
     const where: string[] = [];
     const params: Array<string | number> = [];
     if (query.since !== undefined) {
@@ -240,13 +246,14 @@ export class SqliteCallStore implements CallStore {
       where.push('(from_number = ? OR to_number = ?)');
       params.push(query.number, query.number);
     }
-    const sql = `SELECT record FROM calls ${where.length ? `WHERE ${where.join(' AND ')}` : ''}
-                 ORDER BY started_at DESC LIMIT ?`;
+    // A row written before summaries were kept is summarised from its record; no other record is read.
+    const sql = `SELECT summary, CASE WHEN summary IS NULL THEN record END AS record FROM calls
+                 ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY started_at DESC LIMIT ?`;
     params.push(Math.min(Math.max(query.limit ?? 100, 1), 1000));
     let statement = this.#listings.get(sql);
     if (!statement) this.#listings.set(sql, (statement = this.#db.prepare(sql)));
-    const rows = statement.all(...params) as Array<{ record: string }>;
-    return rows.map((r) => JSON.parse(r.record) as CallRecord);
+    const rows = statement.all(...params) as Array<{ summary: string | null; record: string | null }>;
+    return rows.map((r) => (r.summary !== null ? (JSON.parse(r.summary) as CallSummary) : summaryOf(JSON.parse(r.record!) as CallRecord)));
   }
 
   async expireSnapshots(before: number): Promise<number> {

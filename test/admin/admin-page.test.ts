@@ -238,9 +238,13 @@ describe('admin access', () => {
 describe('admin API', () => {
   const get = (path: string) => fetch(svc.address + path, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
 
-  it('lists stored calls, filtered by number and time', async () => {
-    const all = (await (await get('/admin/api/calls')).json()) as { calls: CallRecord[] };
+  it('lists stored calls as summaries, filtered by number and time', async () => {
+    const all = (await (await get('/admin/api/calls')).json()) as { calls: Array<Record<string, unknown>> };
     expect(all.calls.map((c) => c.callSid)).toEqual([record.callSid]);
+    // A list carries summaries: how many turns, not the turns themselves (GET /admin/api/calls/:callSid has them).
+    expect(all.calls[0]).toMatchObject({ turnCount: record.turns.length, state: record.state });
+    expect(all.calls[0]).not.toHaveProperty('turns');
+    expect(all.calls[0]).not.toHaveProperty('path');
     const byNumber = (await (await get(`/admin/api/calls?number=${encodeURIComponent(record.from)}&limit=5`)).json()) as { calls: CallRecord[] };
     expect(byNumber.calls).toHaveLength(1);
     const other = (await (await get('/admin/api/calls?number=%2B19999999999')).json()) as { calls: CallRecord[] };

@@ -4,7 +4,7 @@
  */
 import { getExpectedTwilioSignature } from 'twilio/lib/webhooks/webhooks.js';
 import type {
-  CallRecord,
+  CallRecord, CallSummary,
   CallStore,
   CommitRequest,
   CommitResult,
@@ -18,7 +18,7 @@ export type StoreOperation = 'load' | 'commit';
 /**
  * A real store behind a delegating one that is slow or throws when told to: a
  * fake of a dependency at its port. Reads made by the test itself
- * (`getRecord`, `listRecords`) are never faulted.
+ * (`getRecord`, `listSummaries`) are never faulted.
  */
 export class FaultyCallStore implements CallStore {
   readonly kind: string;
@@ -63,8 +63,8 @@ export class FaultyCallStore implements CallStore {
     return this.inner.getRecord(callSid);
   }
 
-  listRecords(query: RecordQuery): Promise<CallRecord[]> {
-    return this.inner.listRecords(query);
+  listSummaries(query: RecordQuery): Promise<CallSummary[]> {
+    return this.inner.listSummaries(query);
   }
 
   expireSnapshots(before: number): Promise<number> {

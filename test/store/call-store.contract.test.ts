@@ -326,28 +326,42 @@ function describeCallStoreContract(name: string, makeStore: () => Promise<CallSt
         }
       });
 
-      it('lists every call newest first', async () => {
-        const all = await store.listRecords({});
+      it('lists every call newest first, as summaries: no turns, no path, how many turns', async () => {
+        const all = await store.listSummaries({});
         expect(sids(all)).toEqual(['CA-l5', 'CA-l4', 'CA-l3', 'CA-l2', 'CA-l1']);
-        expect(all[2]).toStrictEqual(plain(calls[2]));
+        const { turns, path: _path, worker: _worker, ...rest } = plain(calls[2]!);
+        expect(all[2]).toStrictEqual({ ...rest, turnCount: turns.length });
+        expect(all[2]).not.toHaveProperty('turns');
+        expect(all[2]).not.toHaveProperty('path');
       });
 
       it('lists calls started in a time range (since inclusive, until exclusive)', async () => {
-        expect(sids(await store.listRecords({ since: T0 + 2_000, until: T0 + 4_000 }))).toEqual(['CA-l3', 'CA-l2']);
-        expect(sids(await store.listRecords({ since: T0 + 4_500 }))).toEqual(['CA-l5']);
-        expect(sids(await store.listRecords({ until: T0 + 1_500 }))).toEqual(['CA-l1']);
+        expect(sids(await store.listSummaries({ since: T0 + 2_000, until: T0 + 4_000 }))).toEqual(['CA-l3', 'CA-l2']);
+        expect(sids(await store.listSummaries({ since: T0 + 4_500 }))).toEqual(['CA-l5']);
+        expect(sids(await store.listSummaries({ until: T0 + 1_500 }))).toEqual(['CA-l1']);
       });
 
       it('lists calls from or to a number', async () => {
-        expect(sids(await store.listRecords({ number: CALLER }))).toEqual(['CA-l5', 'CA-l3', 'CA-l1']);
-        expect(sids(await store.listRecords({ number: OTHER }))).toEqual(['CA-l5', 'CA-l4', 'CA-l2']);
-        expect(sids(await store.listRecords({ number: OTHER, since: T0 + 3_000, until: T0 + 5_000 }))).toEqual(['CA-l4']);
-        expect(await store.listRecords({ number: '+10000000000' })).toEqual([]);
+        expect(sids(await store.listSummaries({ number: CALLER }))).toEqual(['CA-l5', 'CA-l3', 'CA-l1']);
+        expect(sids(await store.listSummaries({ number: OTHER }))).toEqual(['CA-l5', 'CA-l4', 'CA-l2']);
+        expect(sids(await store.listSummaries({ number: OTHER, since: T0 + 3_000, until: T0 + 5_000 }))).toEqual(['CA-l4']);
+        expect(await store.listSummaries({ number: '+10000000000' })).toEqual([]);
+      });
+
+      it('lists long calls in summaries whose size does not grow with their turns', async () => {
+        const long = commitRequest('CA-long', 0, { now: T0 + 9_000 });
+        const turn = { index: 0, caller: 'x'.repeat(500), startedAt: T0, reply: 'y'.repeat(1_500) };
+        long.record = { ...long.record, startedAt: T0 + 9_000, turns: Array.from({ length: 150 }, (_, index) => ({ ...turn, index })) };
+        await store.commit(long);
+        const [summary] = await store.listSummaries({ since: T0 + 9_000 });
+        expect(summary).toMatchObject({ callSid: 'CA-long', turnCount: 150 });
+        expect(JSON.stringify(summary).length).toBeLessThan(1_000);
+        expect(JSON.stringify(await store.getRecord('CA-long')).length).toBeGreaterThan(300_000);
       });
 
       it('returns at most `limit` records, the newest', async () => {
-        expect(sids(await store.listRecords({ limit: 2 }))).toEqual(['CA-l5', 'CA-l4']);
-        expect(sids(await store.listRecords({ number: SERVICE, limit: 2 }))).toEqual(['CA-l4', 'CA-l3']);
+        expect(sids(await store.listSummaries({ limit: 2 }))).toEqual(['CA-l5', 'CA-l4']);
+        expect(sids(await store.listSummaries({ number: SERVICE, limit: 2 }))).toEqual(['CA-l4', 'CA-l3']);
       });
     });
 
@@ -369,7 +383,7 @@ function describeCallStoreContract(name: string, makeStore: () => Promise<CallSt
         updatedAt: T0 + 1_000,
       });
       expect(await store.getRecord('CA-old')).toStrictEqual(plain(old.record));
-      expect(sids(await store.listRecords({ number: CALLER }))).toContain('CA-old');
+      expect(sids(await store.listSummaries({ number: CALLER }))).toContain('CA-old');
       expect((await store.load('CA-recent'))?.snapshot).toStrictEqual(plain(recent.snapshot));
 
       // A later commit of the call stores a snapshot again.
@@ -386,7 +400,7 @@ function describeCallStoreContract(name: string, makeStore: () => Promise<CallSt
   });
 }
 
-function sids(records: CallRecord[]): string[] {
+function sids(records: Array<{ callSid: string }>): string[] {
   return records.map((r) => r.callSid);
 }
 
