@@ -402,6 +402,7 @@ export const callMachine = setup({
       ],
     }),
     fillWait: assign({ filler: ({ context }) => fillerFor(context) }),
+    closeAtTurnLimit: assign({ ending: 'turns' as const, filler: undefined, prompt: phrase('goodbyeTurns') }),
     /** The line broke while the agent was answering: the answer is not asked for again, and the turn says why it stops there. */
     lineDropped: assign(({ context }) => {
       const turn = context.turns.at(-1);
@@ -496,11 +497,7 @@ export const callMachine = setup({
             target: 'speaking',
             actions: assign({ ending: 'goodbye', filler: undefined, prompt: phrase('goodbye') }),
           },
-          {
-            guard: 'turnsUsedUp',
-            target: 'speaking',
-            actions: assign({ ending: 'turns', filler: undefined, prompt: phrase('goodbyeTurns') }),
-          },
+          { guard: 'turnsUsedUp', target: 'speaking', actions: 'closeAtTurnLimit' },
           {
             target: 'thinking',
             actions: assign(({ context, event }) => {
@@ -510,11 +507,7 @@ export const callMachine = setup({
           },
         ],
         DIGITS: [
-          {
-            guard: 'turnsUsedUp',
-            target: 'speaking',
-            actions: assign({ ending: 'turns', filler: undefined, prompt: phrase('goodbyeTurns') }),
-          },
+          { guard: 'turnsUsedUp', target: 'speaking', actions: 'closeAtTurnLimit' },
           {
             target: 'thinking',
             actions: assign(({ context, event }) => {
