@@ -61,8 +61,6 @@ export interface Config {
   agentFirstTextTimeoutMs: number;
   /** `full`: message, history, callSid, session_id; `minimal`: `{"message"}` only (docs/agent-contract.md). */
   agentRequest: 'full' | 'minimal';
-  /** `sentences`: a reply is voiced piece by piece as the agent writes it; `whole`: only once it is complete. */
-  replyPieces: 'sentences' | 'whole';
   elevenLabs: ElevenLabsConfig | undefined;
   /** Voice and language of `<Say>` (the phone's voice); Twilio's account defaults when unset. */
   sayVoice: string | undefined;
@@ -70,7 +68,6 @@ export interface Config {
   dataDir: string;
   callStore: 'sqlite' | 'firestore';
   gcpProjectId: string | undefined;
-  gcpRegion: string | undefined;
   logLevel: string;
   adminToken: string | undefined;
   /** Turns a call may have before the caller hears the closing line (what a call keeps stays bounded). */
@@ -178,14 +175,12 @@ export function loadConfig(env: Env): Config {
     agentTimeoutMs,
     agentFirstTextTimeoutMs,
     agentRequest: oneOf(env, 'AGENT_REQUEST', ['full', 'minimal'], 'full'),
-    replyPieces: oneOf(env, 'REPLY_PIECES', ['sentences', 'whole'], 'sentences'),
     elevenLabs,
     sayVoice,
     sayLanguage,
     dataDir,
     callStore,
     gcpProjectId,
-    gcpRegion: text(env, 'GCP_REGION'),
     logLevel: oneOf(env, 'LOG_LEVEL', LOG_LEVELS, 'info'),
     adminToken,
     maxTurns: integer(env, 'CALL_MAX_TURNS', 150, 1, 1_000),

@@ -15,6 +15,7 @@ import { Turns } from './engine/turn.ts';
 import { buildApp, type App } from './http/app.ts';
 import { HttpClient } from './http-client/http-exchange.ts';
 import { createAudioUrlSigner } from './speech/audio-url.ts';
+import type { PieceMode } from './speech/speakable-pieces.ts';
 import { createElevenLabsSpeech } from './speech/elevenlabs.ts';
 import { VoiceLibrary } from './speech/voice-library.ts';
 import type { CallStore } from './store/call-store.ts';
@@ -37,6 +38,8 @@ export interface Service {
 export interface ServiceOverrides {
   now?: () => number;
   store?: CallStore;
+  /** `whole` voices a reply only once the agent has finished: the benchmark's baseline (bench/service-entry.ts), not a setting. */
+  replyPieces?: PieceMode;
 }
 
 export async function createService(config: Config, log: Logger, overrides: ServiceOverrides = {}): Promise<Service> {
@@ -75,7 +78,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     log,
     now,
     agentTimeoutMs: config.agentTimeoutMs,
-    replyPieces: config.replyPieces,
+    replyPieces: overrides.replyPieces,
     textSink: (callSid) => relaySessions.get(callSid),
   });
   const engine = new CallEngine({

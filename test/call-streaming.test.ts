@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { PHRASES } from '../machines/call.machine.ts';
 import { parseTwiml } from '../src/phone/twilio-caller.ts';
+import type { ServiceOverrides } from '../src/service.ts';
 import { SqliteCallStore } from '../src/store/sqlite-store.ts';
 import { FaultyCallStore } from './hardening/support.ts';
 import { useFakeBackends } from './support/fake-backends.ts';
@@ -25,15 +26,15 @@ const FIRST_SENTENCE_MS = 800;
 const fakes = useFakeBackends({ agent: SLOW });
 const running = fakes.running;
 
-async function serviceWith(env: Record<string, string> = {}, options: { voice?: boolean; dataDir?: string } = {}) {
-  const voice = options.voice ?? true;
+async function serviceWith(env: Record<string, string> = {}, options: { voice?: boolean; dataDir?: string } & ServiceOverrides = {}) {
+  const { voice = true, ...overrides } = options;
   const r = await startService(
     {
       KOOZIE_AGENT_URI: fakes.agent.url,
       ...(voice ? { ELEVENLABS_API_KEY: ELEVENLABS_KEY, ELEVEN_VOICE_ID: 'voice-1', ELEVENLABS_BASE_URL: fakes.eleven.url } : {}),
       ...env,
     },
-    options.dataDir ? { dataDir: options.dataDir } : {},
+    overrides,
   );
   running.push(r);
   return r;
@@ -213,8 +214,8 @@ describe('a reply voiced while the agent writes it', () => {
     expect(record?.turns[0]).toMatchObject({ reply: ANSWER, pieces: SENTENCES });
   });
 
-  it('with REPLY_PIECES=whole, voices the answer once it is complete, in one piece', async () => {
-    const svc = await serviceWith({ REPLY_PIECES: 'whole' });
+  it('with replyPieces: whole (the benchmark\'s baseline), voices the answer once it is complete, in one piece', async () => {
+    const svc = await serviceWith({}, { replyPieces: 'whole' });
     const call = svc.call();
     await call.dial();
     const turn = await call.say('When do you open?');

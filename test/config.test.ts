@@ -27,7 +27,6 @@ describe('configuration', () => {
       agentUri: undefined,
       elevenLabs: undefined,
       twilioAuthTokenSource: 'local',
-      replyPieces: 'sentences',
       agentTimeoutMs: 20_000,
       agentFirstTextTimeoutMs: 15_000,
       agentRequest: 'full',
@@ -81,7 +80,6 @@ describe('configuration', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ ADMIN_TOKEN: 'short' }, 'ADMIN_TOKEN'],
       [{ WEBHOOK_DEADLINE_MS: '14000' }, 'WEBHOOK_DEADLINE_MS'],
-      [{ REPLY_PIECES: 'words' }, 'REPLY_PIECES'],
       [{ AGENT_FIRST_TEXT_TIMEOUT_MS: '500' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
       [{ AGENT_FIRST_TEXT_TIMEOUT_MS: '30000' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
       [{ AGENT_TIMEOUT_MS: '10000', AGENT_FIRST_TEXT_TIMEOUT_MS: '12000' }, 'AGENT_FIRST_TEXT_TIMEOUT_MS'],
@@ -148,8 +146,6 @@ describe('configuration', () => {
       ELEVEN_VOICE_ID: 'voice',
       CALL_STORE: 'firestore',
       GCP_PROJECT_ID: 'my-project',
-      GCP_REGION: 'europe-west1',
-      REPLY_PIECES: 'whole',
       AGENT_REQUEST: 'minimal',
       NODE_ENV: 'production',
     });
@@ -161,8 +157,6 @@ describe('configuration', () => {
       elevenLabs: { apiKey: 'key', voiceId: 'voice', baseUrl: 'https://api.elevenlabs.io', modelId: 'eleven_flash_v2_5' },
       callStore: 'firestore',
       gcpProjectId: 'my-project',
-      gcpRegion: 'europe-west1',
-      replyPieces: 'whole',
       agentRequest: 'minimal',
     });
   });
@@ -191,5 +185,11 @@ describe('configuration', () => {
     for (const language of names('SayLanguage')) expect(loadConfig({ DATA_DIR: dir, SAY_LANGUAGE: language }).sayLanguage).toBe(language);
     expect(loadConfig({ DATA_DIR: dir, SAY_VOICE: 'Google.fil-ph-Neural2-A', SAY_LANGUAGE: 'fil-PH' })).toMatchObject({ sayLanguage: 'fil-PH' });
     expect(loadConfig({ DATA_DIR: dir })).toMatchObject({ sayVoice: undefined, sayLanguage: undefined });
+  });
+
+  it('reads neither REPLY_PIECES nor GCP_REGION: the benchmark\'s baseline is not a setting, and nothing uses a region', () => {
+    const config = loadConfig({ DATA_DIR: dataDir(), REPLY_PIECES: 'words', GCP_REGION: 'europe-west1' });
+    expect(Object.keys(config)).not.toContain('replyPieces');
+    expect(Object.keys(config)).not.toContain('gcpRegion');
   });
 });
