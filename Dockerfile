@@ -2,13 +2,15 @@
 #
 # HeyAI voice backend: multi-stage build, distroless non-root runtime.
 #
-#   build      full `npm ci` (TypeScript, …), `npm run build` -> dist/
+#   build      full `npm ci` (TypeScript, …), `npm run build` -> dist/ (the service:
+#              src/ and machines/, without the simulated Twilio in src/phone)
 #   prod-deps  `npm ci --omit=dev` into a clean node_modules (no TypeScript,
 #              vitest, playwright-core, nor the `node` devDependency)
 #   runtime    gcr.io/distroless/nodejs24-debian12:nonroot: Node 24 and nothing
 #              else (no shell, no package manager), runs as uid 65532
 #
-# scripts/check-production-install.sh proves the same install path without Docker.
+# scripts/check-production-install.sh proves the same install path without Docker,
+# and that production code imports every production dependency and nothing else.
 # For reproducible builds, pin the base images by digest (FROM image@sha256:…).
 
 ARG NODE_BUILD_IMAGE=node:24-bookworm-slim

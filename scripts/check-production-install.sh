@@ -10,6 +10,8 @@
 #   4. NODE_ENV=production without TWILIO_AUTH_TOKEN exits non-zero with one line
 #      naming TWILIO_AUTH_TOKEN
 #   5. no devDependency (vitest, typescript, playwright-core, …) is installed
+#   6. production code (every module dist/src/server.js reaches, dynamic imports
+#      included) imports every production dependency, and nothing else outside Node
 #
 # The prod tree has no `node` devDependency, so it runs on the pinned Node 24 from
 # the build tree's node_modules/.bin/node (in the image, distroless nodejs24 is the
@@ -141,6 +143,50 @@ console.log(`absent: ${devOnly.length} dev-only packages from the lockfile, incl
 if (shared.length) console.log(`present because production packages need them too: ${shared.join(', ')}`);
 NODE
 echo "production node_modules: $(du -sh "$PROD/node_modules" | cut -f1)"
+
+step "prod tree: production code imports every production dependency, and no other package"
+# Follows the compiled imports from dist/src/server.js (static, re-exports and
+# `import('…')`), as the image runs them. A dependency nothing imports is dead weight
+# in the image; a package imported but not a dependency is missing from it.
+"$NODE24" - "$PROD" <<'NODE' || fail "production dependencies and production imports differ"
+const { existsSync, readFileSync } = require('node:fs');
+const { isBuiltin } = require('node:module');
+const { dirname, join, relative, resolve } = require('node:path');
+const [prod] = process.argv.slice(2);
+const dependencies = Object.keys(require(join(prod, 'package.json')).dependencies ?? {});
+const IMPORT = /^\s*(?:import|export)\s[^;]*?\sfrom\s*(['"])([^'"]+)\1|^\s*import\s*(['"])([^'"]+)\3|\bimport\(\s*(['"])([^'"]+)\5\s*\)/gm;
+const packageOf = (specifier) => specifier.split('/').slice(0, specifier.startsWith('@') ? 2 : 1).join('/');
+const imported = new Map(); // package -> first module importing it
+const seen = new Set();
+const problems = [];
+const queue = [join(prod, 'dist/src/server.js')];
+while (queue.length > 0) {
+  const file = queue.pop();
+  if (seen.has(file)) continue;
+  seen.add(file);
+  for (const match of readFileSync(file, 'utf8').matchAll(IMPORT)) {
+    const specifier = match[2] ?? match[4] ?? match[6];
+    if (specifier.startsWith('.')) {
+      const target = resolve(dirname(file), specifier);
+      if (existsSync(target)) queue.push(target);
+      else problems.push(`${relative(prod, file)} imports ${specifier}, which is not in dist/`);
+    } else if (!isBuiltin(specifier) && !imported.has(packageOf(specifier))) {
+      imported.set(packageOf(specifier), relative(prod, file));
+    }
+  }
+}
+for (const [name, by] of imported) {
+  if (!dependencies.includes(name)) problems.push(`${by} imports ${name}, which is not a production dependency`);
+}
+for (const name of dependencies) {
+  if (!imported.has(name)) problems.push(`${name} is a production dependency that no production module imports`);
+}
+if (problems.length > 0) {
+  for (const problem of problems) console.error(`  ${problem}`);
+  process.exit(1);
+}
+console.log(`${seen.size} modules from dist/src/server.js import all ${dependencies.length} production dependencies: ${dependencies.join(', ')}`);
+NODE
 
 PORT="$("$NODE24" -e 'const s = require("node:net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')"
 
