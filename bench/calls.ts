@@ -1,22 +1,19 @@
 /**
- * Whole calls against the running service, the way Twilio places them: a
- * simulated Twilio (src/phone/twilio-caller.ts) per call, playing every `<Play>`
- * and `<Say>` in real time so a `<Redirect>` comes back when it would on a real
- * call, with every request and every sound timed on the shared monotonic clock.
+ * Whole calls against the running service, the way Twilio places them: a simulated
+ * Twilio (src/phone/twilio-caller.ts) per call, from its own number, playing every
+ * `<Play>` and `<Say>` for as long as it lasts so that a `<Redirect>` comes back
+ * when it would on a real call.
  *
  * What one turn yields:
- * - `firstReplyMs`: from sending `/speech-result` (the caller has finished
- *   speaking) to the moment the first audio of the answer can play. Twilio plays a
- *   `<Play>` only once its file is downloaded, and the `<Play>`s nested in a
- *   `<Gather>` only once all of them are, so this is when the simulated Twilio has
- *   done that; the time it then spends "playing" is not counted.
- * - `gaps`: silences between consecutive sounds of the answer (the time Twilio
- *   spends between the end of one sound and the start of the next: a `/continue`
- *   round trip, a download, or waiting for audio that is not ready).
- * - the webhooks it took, each with its own time, so run.ts can subtract the
- *   time the service spent waiting on the fakes of this call.
+ * - first audio: from sending `/speech-result` (the caller has finished speaking)
+ *   to the moment the first audio of the answer can play. Twilio plays a `<Play>`
+ *   only once its file is downloaded, and the `<Play>`s nested in a `<Gather>`
+ *   only once all of them are, so this is when the simulated Twilio has done that;
+ *   the time it then spends playing is not counted.
+ * - gaps: silences between consecutive sounds of the answer (a `/continue` round
+ *   trip, a download, or waiting for audio that is not ready).
+ * And every webhook's answer time as Twilio sees it, by route.
  */
-import { subscribe } from 'node:diagnostics_channel';
 import { PHRASES } from '../machines/call.machine.ts';
 import { SimulatedCall, type Heard } from '../src/phone/twilio-caller.ts';
 import { fakeAudioFor } from '../test/fakes/elevenlabs-server.ts';
@@ -24,28 +21,14 @@ import { AUTH_TOKEN, clock, PUBLIC_BASE_URL } from './processes.ts';
 import { callerLine, GOODBYE_LINE, orderNumberOf } from './scenario.ts';
 
 /** How fast a voice speaks, characters per second (about 150 words a minute). */
-export const SPOKEN_CHARS_PER_SEC = 15;
-
-export interface WebhookTiming {
-  callSid: string;
-  path: string;
-  /** Twilio's idempotency token of the request: the service's own log names the webhook by it. */
-  token: string;
-  /** `fetch` called. */
-  startedAt: number;
-  /** The request fully written to the socket (undefined if the diagnostics channel missed it). */
-  sentAt?: number;
-  /** The answer read. */
-  endedAt: number;
-  body: string;
-}
+const SPOKEN_CHARS_PER_SEC = 15;
 
 export interface TurnTiming {
-  callSid: string;
   order: number;
   turn: number;
-  /** `/speech-result` sent. */
+  /** `/speech-result` sent, and the turn over (the whole answer voiced, the caller's turn to speak). */
   startedAt: number;
+  endedAt: number;
   /** The first sound of the answer can play (undefined: the caller never heard one). */
   firstReplyAt?: number;
   /** The first sound of any kind (the hold acknowledgement, if the answer is late). */
@@ -55,170 +38,122 @@ export interface TurnTiming {
   holdSounds: number;
   /** Silences between sounds after the first sound of the answer, ms. */
   gaps: number[];
-  /** Bytes of answer audio Twilio downloaded, and their content type. */
+  /** Bytes of answer audio Twilio downloaded. */
   audioBytes: number;
-  contentType?: string;
-  webhooks: number;
 }
 
 export interface CallsResult {
   turns: TurnTiming[];
-  webhooks: WebhookTiming[];
+  /** Every webhook's answer time as Twilio sees it (request sent to answer read), ms, by path. */
+  webhookMs: Map<string, number[]>;
   failures: string[];
   wallMs: number;
 }
 
 export interface CallsOptions {
   serviceUrl: string;
-  calls: number;
   turns: number;
   /** Playback speed: 1 plays in real time, 0 does not wait at all. */
   playback: number;
   /** How long the caller speaks before Twilio posts their words (think time plus speech). */
   callerSpeaksMs: number;
-  /** Calls start spread over this long. */
-  rampMs: number;
-  /** The first call's order number offset, so several runs never share numbers. */
-  firstCallIndex?: number;
-  /** Counts calls in progress, for memory per active call. */
+  /** The first call's index, so that runs never share numbers. */
+  firstCallIndex: number;
+  /** The service's ELEVEN_OUTPUT_FORMAT: how many bytes of the fake's audio a character of text is. */
+  outputFormat: string;
+  /** Counts calls in progress (for memory per active call). */
   progress?: { active: number };
+  /** No question is asked after this time (clock()); the caller says goodbye instead. */
+  until?: number;
 }
 
-export async function runCalls(options: CallsOptions): Promise<CallsResult> {
-  const turns: TurnTiming[] = [];
-  const webhooks: WebhookTiming[] = [];
-  const failures: string[] = [];
-  const started = clock();
-  await Promise.all(
-    Array.from({ length: options.calls }, async (_, index) => {
-      await sleep((options.rampMs * index) / Math.max(1, options.calls));
-      if (options.progress) options.progress.active++;
-      try {
-        await placeCall(options, (options.firstCallIndex ?? 0) + index, turns, webhooks);
-      } catch (error) {
-        failures.push(error instanceof Error ? error.message : String(error));
-      } finally {
+/** `calls` concurrent calls, their starts spread over `rampMs`. */
+export async function runCalls(options: CallsOptions & { calls: number; rampMs: number }): Promise<CallsResult> {
+  return collect((result) =>
+    Promise.all(
+      Array.from({ length: options.calls }, async (_, index) => {
+        await sleep((options.rampMs * index) / Math.max(1, options.calls));
+        if (options.progress) options.progress.active++;
+        await placeCall(options, options.firstCallIndex + index, result);
         if (options.progress) options.progress.active--;
-      }
-    }),
+      }),
+    ),
   );
-  return { turns, webhooks, failures, wallMs: clock() - started };
 }
 
-async function placeCall(options: CallsOptions, index: number, turns: TurnTiming[], webhooks: WebhookTiming[]) {
+/** `callers` callers placing call after call until `durationMs` has passed (then each says goodbye). */
+export async function runCallsFor(options: CallsOptions & { callers: number; durationMs: number }): Promise<CallsResult> {
+  const until = clock() + options.durationMs;
+  let next = options.firstCallIndex;
+  return collect((result) =>
+    Promise.all(
+      Array.from({ length: options.callers }, async () => {
+        while (clock() < until) await placeCall({ ...options, until }, next++, result);
+      }),
+    ),
+  );
+}
+
+async function collect(run: (result: CallsResult) => Promise<unknown>): Promise<CallsResult> {
+  const result: CallsResult = { turns: [], webhookMs: new Map(), failures: [], wallMs: 0 };
+  const started = clock();
+  await run(result);
+  result.wallMs = clock() - started;
+  return result;
+}
+
+/** One call: greeting, `turns` questions, goodbye, status callback; a failure is noted and ends the call. */
+async function placeCall(options: CallsOptions, index: number, result: CallsResult) {
   const order = orderNumberOf(index);
   const heard: Array<{ at: number; heard: Heard }> = [];
-  const own: WebhookTiming[] = [];
-  let callSid = '';
   const call = new SimulatedCall({
     publicBaseUrl: PUBLIC_BASE_URL,
     targetBaseUrl: options.serviceUrl,
     authToken: AUTH_TOKEN,
     from: callerNumber(index),
-    fetch: timedFetch((timing) => own.push({ ...timing, callSid })),
+    fetch: timedFetch(result.webhookMs),
     onHear: (h) => heard.push({ at: clock(), heard: h }),
-    playbackMs: (h) => playbackMs(h) * options.playback,
+    playbackMs: (h) => playbackMs(h, options.outputFormat) * options.playback,
     maxRedirectsPerTurn: 200,
   });
-  callSid = call.callSid;
-  await call.dial();
-  for (let turn = 0; turn < options.turns; turn++) {
+  try {
+    await call.dial();
+    for (let turn = 0; turn < options.turns && !(options.until !== undefined && clock() >= options.until); turn++) {
+      await sleep(options.callerSpeaksMs);
+      const firstHeard = heard.length;
+      const startedAt = clock();
+      await call.say(callerLine(order, turn));
+      result.turns.push(analyseTurn(order, turn, startedAt, heard.slice(firstHeard), options));
+    }
     await sleep(options.callerSpeaksMs);
-    const firstWebhook = own.length;
-    const firstHeard = heard.length;
-    await call.say(callerLine(order, turn));
-    turns.push(analyseTurn(callSid, order, turn, own.slice(firstWebhook), heard.slice(firstHeard), options.playback));
+    await call.say(GOODBYE_LINE);
+    await call.hangUp('completed');
+  } catch (error) {
+    result.failures.push(`call ${index}: ${error instanceof Error ? error.message : String(error)}`);
   }
-  await sleep(options.callerSpeaksMs);
-  await call.say(GOODBYE_LINE);
-  await call.hangUp('completed');
-  webhooks.push(...own);
 }
 
-function analyseTurn(
-  callSid: string,
-  order: number,
-  turn: number,
-  hooks: WebhookTiming[],
-  sounds: Array<{ at: number; heard: Heard }>,
-  playback: number,
-): TurnTiming {
+function analyseTurn(order: number, turn: number, startedAt: number, sounds: Array<{ at: number; heard: Heard }>, options: CallsOptions): TurnTiming {
   const timing: TurnTiming = {
-    callSid,
     order,
     turn,
-    startedAt: hooks[0]?.startedAt ?? 0,
+    startedAt,
+    endedAt: clock(),
     replySounds: sounds.filter((s) => isReply(s.heard)).length,
     holdSounds: sounds.filter((s) => isHold(s.heard)).length,
     gaps: [],
-    webhooks: hooks.length,
-    audioBytes: 0,
+    audioBytes: sounds.reduce((bytes, { heard }) => bytes + (heard.verb === 'Play' && isReply(heard) ? heard.bytes : 0), 0),
   };
-  for (const { heard } of sounds) {
-    if (heard.verb !== 'Play' || !isReply(heard)) continue;
-    timing.audioBytes += heard.bytes;
-    timing.contentType = heard.contentType;
-  }
-  const first = sounds.findIndex((s) => isReply(s.heard));
   if (sounds[0]) timing.firstSoundAt = sounds[0].at;
+  const first = sounds.findIndex((s) => isReply(s.heard));
   if (first >= 0) {
     timing.firstReplyAt = sounds[first]!.at;
     for (let k = first; k + 1 < sounds.length; k++) {
-      const endOfSound = sounds[k]!.at + playbackMs(sounds[k]!.heard) * playback;
+      const endOfSound = sounds[k]!.at + playbackMs(sounds[k]!.heard, options.outputFormat) * options.playback;
       timing.gaps.push(Math.max(0, sounds[k + 1]!.at - endOfSound));
     }
   }
   return timing;
-}
-
-export interface CapacityResult {
-  turns: number;
-  /** `/speech-result` to the answer's audio ready to play, per turn, ms. */
-  turnMs: number[];
-  failures: string[];
-  wallMs: number;
-}
-
-/**
- * As many turns as `callers` callers get through in `durationMs`, nobody pausing:
- * no playback, no think time. Each caller starts a new call every `turnsPerCall`
- * turns so the conversation history stays the size of a real call's.
- */
-export async function runTurnsFor(options: { serviceUrl: string; callers: number; durationMs: number; turnsPerCall: number; firstCallIndex: number }): Promise<CapacityResult> {
-  const result: CapacityResult = { turns: 0, turnMs: [], failures: [], wallMs: 0 };
-  const started = clock();
-  const until = started + options.durationMs;
-  let next = options.firstCallIndex;
-  await Promise.all(
-    Array.from({ length: options.callers }, async () => {
-      while (clock() < until) {
-        const index = next++;
-        const order = orderNumberOf(index);
-        const call = new SimulatedCall({
-          publicBaseUrl: PUBLIC_BASE_URL,
-          targetBaseUrl: options.serviceUrl,
-          authToken: AUTH_TOKEN,
-          from: callerNumber(index),
-          maxRedirectsPerTurn: 200,
-        });
-        try {
-          await call.dial();
-          for (let turn = 0; turn < options.turnsPerCall && clock() < until; turn++) {
-            const sent = clock();
-            const heard = await call.say(callerLine(order, turn));
-            if (!heard.heard.some(isReply)) throw new Error(`turn ${turn} of order ${order} heard no answer`);
-            result.turnMs.push(clock() - sent);
-            result.turns++;
-          }
-          await call.hangUp('completed');
-        } catch (error) {
-          result.failures.push(error instanceof Error ? error.message : String(error));
-        }
-      }
-    }),
-  );
-  result.wallMs = clock() - started;
-  return result;
 }
 
 /** Every call from its own number, as on a real line (the service limits webhooks per caller). */
@@ -237,65 +172,44 @@ function isHold(heard: Heard): boolean {
   return heard.verb === 'Pause' || (heard.verb === 'Say' && heard.text === PHRASES.hold);
 }
 
-const MULAW = audioLayout('ulaw_8000', 58);
-const MP3 = audioLayout('mp3_44100_128', 0);
-
-/** The fake ElevenLabs' audio: a fixed prefix and a number of bytes per character of text. */
-function audioLayout(format: string, header: number) {
-  const one = fakeAudioFor('a', format).length;
-  const perChar = fakeAudioFor('ab', format).length - one;
-  return { prefix: header + one - perChar, perChar };
-}
-
-/** How long a sound lasts on the phone, ms: the fake's audio stands for its text spoken at SPOKEN_CHARS_PER_SEC. */
-export function playbackMs(heard: Heard): number {
-  const perChar = 1000 / SPOKEN_CHARS_PER_SEC;
+/**
+ * How long a sound lasts on the phone, ms: the fake's audio stands for its text
+ * spoken at SPOKEN_CHARS_PER_SEC. Its audio is a fixed prefix and a number of bytes
+ * per character of text, in each format; the service adds a 58-byte WAV header
+ * to μ-law.
+ */
+function playbackMs(heard: Heard, outputFormat: string): number {
+  const msPerChar = 1000 / SPOKEN_CHARS_PER_SEC;
   switch (heard.verb) {
     case 'Say':
     case 'ConversationRelay':
-      return heard.text.length * perChar;
+      return heard.text.length * msPerChar;
     case 'Pause':
       return heard.seconds * 1000;
     case 'Hangup':
       return 0;
     case 'Play': {
-      const layout = heard.contentType.includes('wav') ? MULAW : MP3;
-      return Math.max(0, Math.floor((heard.bytes - layout.prefix) / layout.perChar)) * perChar;
+      const one = fakeAudioFor('a', outputFormat).length;
+      const perChar = fakeAudioFor('ab', outputFormat).length - one;
+      const prefix = (heard.contentType.includes('wav') ? 58 : 0) + one - perChar;
+      return Math.max(0, Math.floor((heard.bytes - prefix) / perChar)) * msPerChar;
     }
   }
 }
 
-const TOKEN_HEADER = 'i-twilio-idempotency-token';
-/** When each webhook, by its token, was fully written to its socket (fetch's own diagnostics channels). */
-const sentAtByToken = new Map<string, number>();
-const tokenOfRequest = new WeakMap<object, string>();
-subscribe('undici:request:create', (message) => {
-  const { request } = message as { request: { headers: unknown } };
-  const headers = Array.isArray(request.headers) ? (request.headers as unknown[]) : [];
-  const at = headers.findIndex((h, i) => i % 2 === 0 && String(h).toLowerCase() === TOKEN_HEADER);
-  if (at >= 0) tokenOfRequest.set(request, String(headers[at + 1]));
-});
-subscribe('undici:request:bodySent', (message) => {
-  const token = tokenOfRequest.get((message as { request: object }).request);
-  if (token !== undefined) sentAtByToken.set(token, clock());
-});
-
-/** `fetch` that notes when each webhook was sent and its answer fully read. */
-function timedFetch(record: (timing: Omit<WebhookTiming, 'callSid'>) => void): typeof fetch {
+/** `fetch` that notes each webhook's time, from the request sent to its answer read. */
+function timedFetch(into: Map<string, number[]>): typeof fetch {
   return async (input, init) => {
-    const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
-    const token = new Headers(init?.headers).get(TOKEN_HEADER) ?? '';
     const startedAt = clock();
     const response = await fetch(input, init);
-    const bytes = Buffer.from(await response.arrayBuffer());
-    const endedAt = clock();
-    if ((init?.method ?? 'GET') === 'POST') {
-      const sentAt = sentAtByToken.get(token);
-      sentAtByToken.delete(token);
-      record({ path: url.pathname, token, startedAt, ...(sentAt !== undefined && sentAt >= startedAt ? { sentAt } : {}), endedAt, body: bytes.toString('utf8') });
+    const body = await response.arrayBuffer();
+    if (init?.method === 'POST') {
+      const path = new URL(String(input)).pathname;
+      if (!into.has(path)) into.set(path, []);
+      into.get(path)!.push(clock() - startedAt);
     }
     const empty = [101, 204, 205, 304].includes(response.status);
-    return new Response(empty ? null : bytes, { status: response.status, statusText: response.statusText, headers: response.headers });
+    return new Response(empty ? null : body, { status: response.status, statusText: response.statusText, headers: response.headers });
   };
 }
 

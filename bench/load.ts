@@ -26,11 +26,10 @@ import { newCallSid, SimulatedCall, type TurnResult } from '../src/phone/twilio-
 import { createService, type Service } from '../src/service.ts';
 import { defaultAnswer, startFakeAgent, type FakeAgent } from '../test/fakes/agent-server.ts';
 import { startFakeElevenLabs, type FakeElevenLabs } from '../test/fakes/elevenlabs-server.ts';
+import { callerNumber } from './calls.ts';
+import { AUTH_TOKEN, PUBLIC_BASE_URL } from './processes.ts';
 import { quantile } from './quantile.ts';
-
-const PUBLIC_BASE_URL = 'https://voice.example.test';
-const AUTH_TOKEN = 'bench-twilio-auth-token-0123456789';
-const ELEVENLABS_KEY = 'bench-elevenlabs-key-abcdef';
+import { ELEVENLABS_KEY } from './scenario.ts';
 /**
  * For memory figures: an agent timeout far above the fake's answer time but short
  * enough to have fired, like every other timeout in a turn (speech: 2.5 s), by the
@@ -180,8 +179,7 @@ export async function runLoad(target: Pick<LoadTarget, 'service' | 'address'>, o
         targetBaseUrl: target.address,
         authToken: AUTH_TOKEN,
         callSid: newCallSid(),
-        // Every call its own number, as real traffic is: the per-caller limit never applies.
-        from: `+1555${String(n).padStart(7, '0')}`,
+        from: callerNumber(n),
         fetch: timedFetch,
       });
       const said: string[] = [];

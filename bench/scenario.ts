@@ -1,11 +1,9 @@
 /**
  * What the benchmark's callers say and what the fake agent answers.
  *
- * Every call is about its own order number, and every sentence of every answer
- * names it. That is what lets the benchmark tell, from the fakes' own request log,
- * which call each ElevenLabs request was for (the text or the `previous_text`
- * always holds the number), so the service's overhead can be measured as a
- * webhook's time minus the time it spent waiting on the fakes of its own call.
+ * Every call is about its own order number, which the fake agent reads from the
+ * caller's words, so each call gets its own answers (and the service's caches
+ * none of another call's).
  *
  * The answers are written the way a voice agent answers: two to four sentences,
  * 45 to 55 words, some opening with a short sentence, one with a long sentence that
@@ -14,7 +12,20 @@
 import { SpeakablePieces } from '../src/speech/speakable-pieces.ts';
 
 /** Words per token, OpenAI's rule of thumb; the fake agent streams one word per chunk. */
-export const WORDS_PER_TOKEN = 0.75;
+const WORDS_PER_TOKEN = 0.75;
+
+/** How fast the fakes answer. */
+export interface FakesLatency {
+  /** Time to the agent's first token. */
+  agentFirstMs: number;
+  tokensPerSec: number;
+  /** ElevenLabs' time to first byte. */
+  ttsFirstByteMs: number;
+  /** How fast ElevenLabs streams audio after the first byte, in characters of text per second; 0: all at once. */
+  ttsCharsPerSec: number;
+  /** The output format the service asks for (the fake's audio size per character depends on it). */
+  outputFormat: string;
+}
 
 const ANSWERS: ReadonlyArray<(order: number) => string> = [
   (n) =>
@@ -52,15 +63,9 @@ export function answerFor(order: number, turn: number): string {
   return ANSWERS[turn % ANSWERS.length]!(order);
 }
 
-/** The order number a caller's line, an agent answer or a piece of one speaks of. */
-export function orderIn(text: string | undefined): number | undefined {
-  const match = text === undefined ? null : /order (\d+)/.exec(text);
-  return match ? Number(match[1]) : undefined;
-}
-
 /** Which answer the agent gives: the caller's order number, and the turn from the history length. */
 export function answerForRequest(request: { message: string; history?: unknown[] }): string {
-  const order = orderIn(request.message) ?? 0;
+  const order = Number(/order (\d+)/.exec(request.message)?.[1] ?? 0);
   return answerFor(order, Math.floor((request.history?.length ?? 0) / 2));
 }
 
@@ -69,16 +74,28 @@ export function wordIntervalMs(tokensPerSec: number): number {
   return 1000 / (tokensPerSec * WORDS_PER_TOKEN);
 }
 
+export function wordCount(text: string): number {
+  return text.split(/\s+/).filter(Boolean).length;
+}
+
+/**
+ * The soonest the caller can hear `answer` with these fakes: the agent's time to
+ * write what is voiced first (the first piece, or the whole answer the old way),
+ * then ElevenLabs' time to deliver its audio. Nothing can play sooner.
+ */
+export function floorMs(answer: string, mode: 'pieces' | 'whole', latency: FakesLatency): number {
+  const voiced = mode === 'whole' ? answer : firstPieceText(answer);
+  const agent = latency.agentFirstMs + (wordCount(voiced) - 1) * wordIntervalMs(latency.tokensPerSec);
+  const speech = latency.ttsFirstByteMs + (latency.ttsCharsPerSec > 0 ? (voiced.length / latency.ttsCharsPerSec) * 1000 : 0);
+  return agent + speech;
+}
+
 /** The first piece the service voices when the agent streams `answer` a word at a time. */
-export function firstPieceText(answer: string): string {
+function firstPieceText(answer: string): string {
   const pieces = new SpeakablePieces();
   for (const word of answer.split(' ')) {
     const [first] = pieces.push(`${word} `);
     if (first) return first;
   }
   return pieces.end()[0] ?? '';
-}
-
-export function wordCount(text: string): number {
-  return text.split(/\s+/).filter(Boolean).length;
 }

@@ -78,7 +78,7 @@ export async function createService(config: Config, log: Logger, overrides: Serv
     log,
     now,
     agentTimeoutMs: config.agentTimeoutMs,
-    replyPieces: overrides.replyPieces,
+    replyPieces: overrides.replyPieces ?? 'sentences',
     textSink: (callSid) => relaySessions.get(callSid),
   });
   const engine = new CallEngine({
