@@ -1,8 +1,8 @@
 /**
  * The service as the benchmark runs it, in a process of its own: what src/server.ts
  * does (configuration from the environment, `createService`, listen, the fixed
- * phrases synthesised in the background, SIGTERM closes it), plus what only the
- * benchmark asks for:
+ * phrases synthesised in the background, SIGTERM closes it, as does the benchmark
+ * going away), plus what only the benchmark asks for:
  *
  * - `--reply-pieces whole`: every reply voiced only once the agent has finished,
  *   as the service worked before it streamed replies: the baseline first audio is
@@ -29,4 +29,8 @@ process.on('message', (message: { type?: string }) => {
   (globalThis as { gc?: () => void }).gc?.();
   process.send!({ type: 'memory', ...process.memoryUsage() });
 });
-process.once('SIGTERM', () => void service.close().finally(() => process.exit(0)));
+let closing: Promise<void> | undefined;
+const close = () => void (closing ??= service.close().finally(() => process.exit(0)));
+process.once('SIGTERM', close);
+// The benchmark gone (a crash): no service is left behind.
+process.once('disconnect', close);
