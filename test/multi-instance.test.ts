@@ -13,6 +13,7 @@
  * ElevenLabs again.
  */
 import { randomUUID } from 'node:crypto';
+import type { Duplex } from 'node:stream';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +21,7 @@ import { Firestore } from '@google-cloud/firestore';
 import { getExpectedTwilioSignature } from 'twilio/lib/webhooks/webhooks.js';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PHRASES } from '../machines/call.machine.ts';
+import type { RelayConnect } from '../src/phone/relay-caller.ts';
 import { parseTwiml } from '../src/phone/twilio-caller.ts';
 import type { ServiceOverrides } from '../src/service.ts';
 import type { CallRecord } from '../src/store/call-store.ts';
@@ -32,6 +34,7 @@ import {
   startFirestoreEmulator,
   type FirestoreEmulator,
 } from './support/firestore-emulator.ts';
+import { openSession, sessionEnded } from './support/relay-call.ts';
 import { startServerProcess, type ServerProcess } from './support/server-process.ts';
 import { AUTH_TOKEN, ELEVENLABS_KEY, PUBLIC_BASE_URL, startService, type RunningService } from './support/service.ts';
 
@@ -559,6 +562,113 @@ function describeTwoInstances(backend: () => Backend): void {
     expectTurnsOnce(record, ['Remember forty two', story]);
     expect(record?.turns[1]?.reply).toBe(answerTo(story, 2));
     expect(record).toMatchObject({ status: 'completed', endReason: 'goodbye', state: 'ended' });
+  });
+
+  describe('a ConversationRelay call', () => {
+    const relayCaller = { from: CALLER, to: SERVICE };
+
+    /** `/voice` (following holds, as Twilio does: a cold store can be slow), then the socket its `<Connect>` names, on `target`. */
+    async function dialRelayOn(target: string, callSid: string) {
+      const voice = await step(() => target, callSid, '/voice', { CallStatus: 'ringing' });
+      return openSession(target, voice.body, { callSid, ...relayCaller });
+    }
+
+    /** Twilio's request to the `<Connect action>` once the socket went mid-call (https://www.twilio.com/docs/api/errors/64105). */
+    function socketDropped(target: string, connect: RelayConnect, callSid: string) {
+      return sessionEnded(target, connect, callSid, { SessionStatus: 'failed', ErrorCode: '64105' });
+    }
+
+    it('the instance holding the socket dies mid-answer: the action URL on the other instance resumes the call, and the next turn there has the whole history', async () => {
+      const [a, b] = await startPair({ CALL_TRANSPORT: 'relay' });
+      // A's end of every socket Twilio opens to it, to destroy when A dies.
+      const socketsOfA: Duplex[] = [];
+      a.service.app.server.on('upgrade', (_request, socket: Duplex) => socketsOfA.push(socket));
+      const callSid = newCallSid();
+      const call = await dialRelayOn(a.address, callSid);
+      expect(call.connect.attributes.welcomeGreeting).toBe(PHRASES.greeting);
+      const said = ['My name is Ada', 'My order number is 4 2 7'];
+      for (const [i, words] of said.entries()) {
+        call.session.prompt(words);
+        expect((await call.session.nextAnswer()).text).toBe(answerTo(words, 2 * i));
+      }
+
+      // A long answer, a word every 300 ms: A dies once the caller has heard its start. Dead, it
+      // renews no lease and commits nothing (its engine stops), and its sockets go without a close frame.
+      const story = script('Where is my order?', { kind: 'reply', answer: () => 'Your order left our warehouse on Monday and should reach you by Thursday.', chunkWords: 1, chunkDelayMs: 300 });
+      call.session.prompt(story);
+      await call.session.answerSoFar(10);
+      a.service.engine.stop();
+      for (const socket of socketsOfA) socket.destroy();
+      expect(await call.session.closed).toMatchObject({ code: 1006, by: 'service' });
+
+      // Twilio requests the action URL; the load balancer sends it to B. A's claim on the turn
+      // holds until its lease lapses: meanwhile the caller waits, and Twilio is sent back to the
+      // action URL (not to /continue, which would drop RECONNECTED), as Twilio follows <Redirect>.
+      let ended = await socketDropped(b.address, call.connect, callSid);
+      for (let waits = 0; !ended.body.includes('<Connect'); waits++) {
+        expect(ended.status).toBe(200);
+        expect(read(ended.body)).toMatchObject({ said: [PHRASES.hold], redirect: '/relay-ended', gathers: false, hangsUp: false });
+        if (waits > 20) throw new Error('the call was never resumed');
+        ended = await post(b.address, '/relay-ended', form(callSid));
+      }
+      expect(ended.status).toBe(200);
+      const resumed = await openSession(b.address, ended.body, { callSid, ...relayCaller });
+      expect(resumed.connect.attributes.welcomeGreeting).toBe(PHRASES.resumed);
+
+      resumed.session.prompt('Can you look again?');
+      const next = await resumed.session.nextAnswer();
+      expect(next.text).toBe(answerTo('Can you look again?', 4));
+      const asked = agentRequests(callSid);
+      // The story once more at most: asked again (and dropped at once) only because the instance asking it died.
+      expect([[...said, story, 'Can you look again?'], [...said, story, story, 'Can you look again?']]).toContainEqual(asked.map((r) => r.message));
+      // Every turn the caller heard a reply to; the one cut by the drop is not among them.
+      expect(asked.at(-1)?.history).toEqual([
+        { role: 'user', content: said[0] },
+        { role: 'assistant', content: answerTo(said[0]!, 0) },
+        { role: 'user', content: said[1] },
+        { role: 'assistant', content: answerTo(said[1]!, 2) },
+      ]);
+      await expect.poll(async () => (await b.service.store.getRecord(callSid))?.turns.at(-1)?.reply).toBe(next.text);
+      const record = await b.service.store.getRecord(callSid);
+      expect(record?.turns.map((t) => t.caller)).toEqual([...said, story, 'Can you look again?']);
+      expect(record?.turns[2]).toMatchObject({ cut: 'the line to the caller dropped during the answer' });
+      expect(record?.turns[2]?.reply).toBeUndefined();
+      expect(record?.state).toBe('listening');
+    });
+
+    it('a clean drop between turns: the action URL lands on the other instance, which resumes the call with its history', async () => {
+      const [a, b] = await startPair({ CALL_TRANSPORT: 'relay' });
+      const callSid = newCallSid();
+      const call = await dialRelayOn(a.address, callSid);
+      call.session.prompt('My name is Ada');
+      const first = await call.session.nextAnswer();
+      expect(first.text).toBe(answerTo('My name is Ada', 0));
+      await expect.poll(async () => (await a.service.store.getRecord(callSid))?.turns[0]?.reply).toBe(first.text);
+
+      await call.session.hangUp();
+      const ended = await socketDropped(b.address, call.connect, callSid);
+      expect(ended.status).toBe(200);
+      const resumed = await openSession(b.address, ended.body, { callSid, ...relayCaller });
+      expect(resumed.connect.attributes.welcomeGreeting).toBe(PHRASES.resumed);
+
+      resumed.session.prompt('What is my name?');
+      expect((await resumed.session.nextAnswer()).text).toBe(answerTo('What is my name?', 2));
+      expect(agentRequests(callSid).at(-1)?.history).toEqual([
+        { role: 'user', content: 'My name is Ada' },
+        { role: 'assistant', content: first.text },
+      ]);
+
+      // The goodbye on B: `end`, then the action URL (on A this time) says the closing line and hangs up.
+      resumed.session.prompt('Thanks, goodbye');
+      await expect.poll(() => resumed.session.ends.length).toBe(1);
+      const closing = await sessionEnded(a.address, resumed.connect, callSid, { SessionStatus: 'completed' });
+      expect(read(closing.body)).toMatchObject({ said: [PHRASES.goodbye], hangsUp: true });
+      expect((await post(b.address, '/call-status', form(callSid, { CallStatus: 'completed', CallDuration: '20' }))).status).toBe(200);
+      const record = await a.service.store.getRecord(callSid);
+      expectTurnsOnce(record, ['My name is Ada', 'What is my name?']);
+      expect(record).toMatchObject({ state: 'ended', endReason: 'goodbye', status: 'completed' });
+      expect(record?.path.filter((p) => p.event === 'RECONNECTED')).toHaveLength(1);
+    });
   });
 }
 

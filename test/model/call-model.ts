@@ -15,7 +15,7 @@
  *
  * @see https://stately.ai/docs/xstate-test
  */
-import { createMachine, initialTransition, transition, type AnyStateMachine, type SnapshotFrom } from 'xstate';
+import { createActor, createMachine, initialTransition, transition, type AnyActorRef, type AnyStateMachine, type InspectionEvent, type SnapshotFrom } from 'xstate';
 import { createTestModel } from 'xstate/graph';
 import {
   callMachine,
@@ -26,7 +26,9 @@ import {
   type CallInput,
   type VoiceOutput,
   type WrittenReply,
+  stateName,
 } from '../../machines/call.machine.ts';
+import { edgeIdOf, machineGraph } from '../../src/diagram/machine-graph.ts';
 
 export const MODEL_CALL_SID = `CA${'0'.repeat(32)}`;
 export const AGENT_TIMEOUT_MS = 5_000;
@@ -154,9 +156,10 @@ function abstractState(snapshot: ModelSnapshot): string {
   return JSON.stringify({ value: snapshot.value, said, silences, failures, ending: ending ?? null, stored, turnsUsedUp, status: snapshot.status });
 }
 
-export function createCallModel() {
+/** The test model of a call started with `input` (the relay model streams its replies: relay-model.ts). */
+export function createCallModel(input: CallInput = MODEL_INPUT) {
   return createTestModel(modelMachine, {
-    input: MODEL_INPUT,
+    input,
     // Distinct ways into a state are distinct vertices, so shortest paths take every edge.
     serializeState: (state, event, previous) => {
       const via = event && previous && JSON.stringify(previous.value) !== JSON.stringify(state.value)
@@ -186,14 +189,52 @@ export function callPaths() {
  * and path may belong to another route into the same vertex; replaying the events
  * gives the ones this path really produces.
  */
-export function replay(events: ModelEvent[]): ModelSnapshot[] {
+export function replay(events: ModelEvent[], input: CallInput = MODEL_INPUT): ModelSnapshot[] {
   const [first, ...rest] = events;
   if (first?.type !== 'xstate.init') throw new Error('a path starts with xstate.init');
-  let snapshot = initialTransition(modelMachine, MODEL_INPUT)[0] as ModelSnapshot;
+  let snapshot = initialTransition(modelMachine, input)[0] as ModelSnapshot;
   const snapshots = [snapshot];
   for (const event of rest) {
     snapshot = transition(modelMachine, snapshot, event as never)[0] as ModelSnapshot;
     snapshots.push(snapshot);
   }
   return snapshots;
+}
+
+/** What a set of paths reaches: states entered and edges taken (ids of src/diagram's graph, the edges the diagram draws). */
+export interface Coverage {
+  states: Set<string>;
+  edges: Set<string>;
+}
+
+const initialState = machineGraph(callMachine).initial;
+
+/** The states entered and edges taken along a path's events, read from the model machine as it runs. */
+export function traceOf(events: ModelEvent[], input: CallInput = MODEL_INPUT): Coverage {
+  const trace: Coverage = { states: new Set([initialState]), edges: new Set<string>() };
+  let current = initialState;
+  const inspect = (event: InspectionEvent) => {
+    if (event.type !== '@xstate.microstep') return;
+    for (const taken of event._transitions) trace.edges.add(edgeIdOf(taken, current));
+    current = stateName((event.snapshot as unknown as { value: unknown }).value);
+    trace.states.add(current);
+  };
+  const actor: AnyActorRef = createActor(modelMachine, { input, inspect });
+  actor.start();
+  for (const event of events.slice(1)) actor.send(event);
+  actor.stop();
+  return trace;
+}
+
+/** Adds `more` to `into`. */
+export function addCoverage(into: Coverage, more: Coverage): void {
+  for (const state of more.states) into.states.add(state);
+  for (const edge of more.edges) into.edges.add(edge);
+}
+
+/** What every one of `paths` reaches, as generated (each path test adds its own trace once it passes). */
+export function coverageOfPaths(paths: Array<{ steps: Array<{ event: unknown }> }>, input: CallInput = MODEL_INPUT): Coverage {
+  const coverage: Coverage = { states: new Set(), edges: new Set() };
+  for (const path of paths) addCoverage(coverage, traceOf(path.steps.map((s) => s.event as ModelEvent), input));
+  return coverage;
 }

@@ -112,11 +112,17 @@ function speak(into: Speaker, prompt: Prompt, options: RenderOptions) {
 }
 
 function say(into: Speaker, raw: string, options: RenderOptions) {
+  const attributes = sayAttributes(options);
+  for (const text of sayableParts(speakableText(raw))) into.say(attributes, text);
+}
+
+/** `<Say>`'s voice and language attributes. */
+export function sayAttributes(options: SayOptions): VoiceResponse.SayAttributes {
   const attributes: VoiceResponse.SayAttributes = {};
   // Validated at start against Twilio's forms (src/config.ts SAY_VOICE, SAY_LANGUAGE).
   if (options.sayVoice) attributes.voice = options.sayVoice as VoiceResponse.SayAttributes['voice'];
   if (options.sayLanguage) attributes.language = options.sayLanguage as VoiceResponse.SayAttributes['language'];
-  for (const text of sayableParts(speakableText(raw))) into.say(attributes, text);
+  return attributes;
 }
 
 /**

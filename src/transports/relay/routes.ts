@@ -10,7 +10,9 @@
  *   sent `end`), its TwiML says the closing line and hangs up. If not, the socket
  *   dropped or an instance died mid-call: RECONNECTED, and the answer is a new
  *   `<Connect><ConversationRelay>` that resumes the same call, history and all,
- *   on whichever instance the socket reaches.
+ *   on whichever instance the socket reaches. While another instance still holds
+ *   the turn (the one that died with the socket, until its lease lapses), the
+ *   caller waits and Twilio is sent back here, RECONNECTED still to apply.
  *
  * @see https://www.twilio.com/docs/voice/twiml/connect/conversationrelay
  */
@@ -24,7 +26,7 @@ import { renderRecovery, renderUnknownCall, type SayOptions } from '../gather/tw
 import { MAX_RELAY_FRAME_BYTES } from './messages.ts';
 import { RelaySession, type RelaySessions } from './relay-session.ts';
 import { verifyRelayUpgrade } from './upgrade-signature.ts';
-import { RELAY_ROUTES } from './webhook-twiml.ts';
+import { RELAY_ROUTES, renderResumeWait } from './webhook-twiml.ts';
 
 export interface RelayRoutesOptions {
   engine: CallEngine;
@@ -80,14 +82,16 @@ export async function relayRoutes(app: FastifyInstance, options: RelayRoutesOpti
     const body: TwilioForm = request.body;
     const callSid = callSidOf(body);
     const status = typeof body.SessionStatus === 'string' && SESSION_STATUS.test(body.SessionStatus) ? body.SessionStatus : undefined;
-    const current = await engine.handle(callSid, undefined, { until: 'claimed' });
-    reply.type(TWIML);
-    if (current.kind !== 'answer') return reply.send(renderUnknownCall(say));
-    const { state } = current.view;
-    if (state === 'terminating' || state === 'ended') return reply.send(options.render(current.view));
-    request.log.warn({ callSid, sessionStatus: status, errorCode: typeof body.ErrorCode === 'string' ? body.ErrorCode.slice(0, 16) : undefined, state }, 'the ConversationRelay session ended mid-call; resuming the call');
+    // RECONNECTED is the step itself: a call that was ending (its session sent `end`) ignores it and
+    // renders its closing line. Looking first would adopt a turn left by an instance that died with
+    // the socket, and ask the agent again for an answer no socket will carry, before RECONNECTED drops it.
     const resumed = await engine.handle(callSid, { type: 'RECONNECTED', at: options.now() }, { render: options.render });
+    reply.type(TWIML);
     if (resumed.kind === 'unknown') return reply.send(renderUnknownCall(say));
+    if (resumed.kind === 'answer' && resumed.view.state !== 'terminating' && resumed.view.state !== 'ended') {
+      request.log.warn({ callSid, sessionStatus: status, errorCode: typeof body.ErrorCode === 'string' ? body.ErrorCode.slice(0, 16) : undefined }, 'the ConversationRelay session ended mid-call; resuming the call');
+    }
+    if (resumed.kind === 'answer' && resumed.view.pending) return reply.send(renderResumeWait(resumed.view, options.publicBaseUrl, say));
     return reply.send(resumed.kind === 'replay' ? resumed.body : (resumed.body ?? options.render(resumed.view)));
   });
 }

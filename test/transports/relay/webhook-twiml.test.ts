@@ -10,12 +10,12 @@
  * pure transitions on a streamed call.
  */
 import { describe, expect, it } from 'vitest';
-import type { SnapshotFrom } from 'xstate';
-import { callMachine, PHRASES, type CallEvent, type CallMachine } from '../../../machines/call.machine.ts';
+import { initialTransition, type SnapshotFrom } from 'xstate';
+import { callMachine, PHRASES, stateName, type CallContext, type CallEvent, type CallMachine } from '../../../machines/call.machine.ts';
 import type { CallView } from '../../../src/engine/call-engine.ts';
 import { PureSteps } from '../../../src/engine/pure-steps.ts';
 import { readRelayConnect } from '../../../src/phone/relay-caller.ts';
-import { relaySocketUrl, renderRelayListening, type RelaySettings } from '../../../src/transports/relay/webhook-twiml.ts';
+import { relaySocketUrl, renderRelayListening, renderResumeWait, type RelaySettings } from '../../../src/transports/relay/webhook-twiml.ts';
 
 const T0 = 1_767_225_600_000;
 const BASE_URL = 'https://voice.example.com';
@@ -66,5 +66,26 @@ describe("a streamed call's <Connect><ConversationRelay>", () => {
     expect(relaySocketUrl('https://example.com/heyai')).toBe('wss://example.com/heyai/relay');
     const read = readRelayConnect(renderRelayListening(view(call(spoken)), 'http://127.0.0.1:8080', SETTINGS));
     expect([read.url, read.action]).toStrictEqual(['ws://127.0.0.1:8080/relay', 'http://127.0.0.1:8080/relay-ended']);
+  });
+});
+
+function waitingView(filler: CallContext['filler']): CallView {
+  const [snapshot] = initialTransition(callMachine, { callSid: `CA${'1'.repeat(32)}`, from: '+15550100001', to: '+15550100002', at: 0, agentTimeoutMs: 5_000, replyDelivery: 'streamed' });
+  return { state: stateName(snapshot.value), context: { ...snapshot.context, filler }, pending: { type: 'RECONNECTED', at: 1 } };
+}
+
+describe('the action URL’s wait while another instance holds the turn', () => {
+  it('says the machine’s filler, then sends Twilio back to the action URL with RECONNECTED still to apply', () => {
+    expect(renderResumeWait(waitingView('hold'), 'https://voice.example.test', {})).toBe(
+      '<?xml version="1.0" encoding="UTF-8"?><Response><Say>One moment.</Say>' +
+        '<Redirect method="POST">https://voice.example.test/relay-ended</Redirect></Response>',
+    );
+    expect(renderResumeWait(waitingView('pause'), 'https://voice.example.test', { sayVoice: 'Polly.Joanna' })).toBe(
+      '<?xml version="1.0" encoding="UTF-8"?><Response><Pause length="1"/>' +
+        '<Redirect method="POST">https://voice.example.test/relay-ended</Redirect></Response>',
+    );
+    expect(renderResumeWait(waitingView('hold'), 'https://voice.example.test', { sayVoice: 'Polly.Joanna', sayLanguage: 'en-GB' })).toContain(
+      '<Say voice="Polly.Joanna" language="en-GB">One moment.</Say>',
+    );
   });
 });
