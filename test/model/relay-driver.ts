@@ -35,7 +35,7 @@ import type { ServiceMessage } from '../../src/transports/relay/messages.ts';
 import type { FakeAgent, FakeAgentBehaviour } from '../fakes/agent-server.ts';
 import { dialRelay, openSession, sessionEnded, twilioPost } from '../support/relay-call.ts';
 import { startService, type RunningService } from '../support/service.ts';
-import { AGENT_REPLY, AGENT_TIMEOUT_MS, LATE, type ModelEvent } from './call-model.ts';
+import { AGENT_REPLY, AGENT_TIMEOUT_MS, LATE, MODEL_MAX_TURNS, type ModelEvent } from './call-model.ts';
 import type { ModelStep } from './path-driver.ts';
 import { AGENT_FIRST_WORDS } from './relay-model.ts';
 
@@ -253,6 +253,7 @@ export class RelayPathDriver {
           KOOZIE_AGENT_URI: this.#agent.url,
           WEBHOOK_DEADLINE_MS: String(RELAY_WAIT_MS),
           AGENT_TIMEOUT_MS: String(AGENT_TIMEOUT_MS),
+          CALL_MAX_TURNS: String(MODEL_MAX_TURNS),
           LOG_LEVEL: 'warn',
         },
         { dataDir: this.#dataDir, now: () => Date.now() + this.#clock.offset },
