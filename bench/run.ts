@@ -11,7 +11,7 @@
  *   time: first audio after the caller's speech, next to the floor the fakes
  *   allow, and next to the old way (the whole answer, then its synthesis: the
  *   service started with `--reply-pieces whole`).
- * - formats: the same calls (`--formats-calls`, no playback) with each
+ * - formats: `--calls` calls (no playback) with each
  *   ELEVEN_OUTPUT_FORMAT: first audio and audio bytes a turn.
  * - load: `--load-calls` concurrent calls the same way: first audio, webhook
  *   answer times as Twilio sees them, service CPU, memory per active call.
@@ -282,7 +282,7 @@ async function capacityPhase() {
       nextCallIndex += 1_000_000;
       return { result, cpu: cpuMs(service.pid) - cpuBefore };
     });
-    firstAudio(result, mode);
+    firstAudio(result, mode); // throws on a failed call or an unanswered turn
     const turnMs = result.turns.map((t) => t.endedAt - t.startedAt);
     const perSec = result.turns.length / (result.wallMs / 1000);
     const cpuPerTurn = cpu / Math.max(1, result.turns.length);
