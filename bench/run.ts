@@ -41,6 +41,7 @@ import { cpuMs, startFakes, startService, type Fakes, type ServiceProcess } from
 import { quantile } from './quantile.ts';
 import { answerFor, ELEVENLABS_KEY, floorMs, wordCount, wordIntervalMs, type FakesLatency } from './scenario.ts';
 import { runWebhooks } from './webhooks.ts';
+import { relayPhase } from './relay.ts';
 
 type Mode = 'pieces' | 'whole';
 
@@ -66,6 +67,7 @@ const PHASES: Record<string, () => Promise<unknown>> = {
   capacity: capacityPhase,
   webhooks: webhookPhase,
   cold: coldPhase,
+  relay: relayPhase,
 };
 /** The output formats the formats phase compares: the phone line's own, and two MP3s. */
 const FORMATS = ['ulaw_8000', 'mp3_44100_128', 'mp3_22050_32'];
