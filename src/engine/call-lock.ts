@@ -9,8 +9,9 @@ export class CallLocks {
   readonly #tails = new Map<string, Promise<unknown>>();
 
   run<T>(callSid: string, work: () => Promise<T>): Promise<T> {
+    // A tail never rejects (it is the previous step, failures swallowed): `work` runs after it either way.
     const previous = this.#tails.get(callSid) ?? Promise.resolve();
-    const run = previous.then(work, work);
+    const run = previous.then(work);
     const tail = run.then(
       () => undefined,
       () => undefined,

@@ -120,6 +120,38 @@ export const EVENT_SAMPLES: EventSample[] = [
   { event: { type: 'SLOW', at: LATE } },
 ];
 
+/** How an agent turn of a path ends, as a driver scripts the fake agent for it. */
+export type AgentOutcome = 'reply' | 'fail' | 'late' | 'never';
+
+/** A SLOW before the turn deadline (the caller waits); one at LATE finds the deadline passed. */
+export function isEarlySlow(event: ModelEvent): boolean {
+  return event.type === 'SLOW' && event.at < LATE;
+}
+
+/** The event that ends an agent turn of a path: its answer, its failure, a late SLOW, the hang-up, or the line dropping. */
+export function endsAgentTurn(event: ModelEvent): boolean {
+  return (
+    event.type === 'xstate.done.actor.agent' ||
+    event.type === 'xstate.error.actor.agent' ||
+    event.type === 'HANGUP' ||
+    event.type === 'RECONNECTED' ||
+    (event.type === 'SLOW' && !isEarlySlow(event))
+  );
+}
+
+export function agentOutcome(event: ModelEvent): AgentOutcome {
+  switch (event.type) {
+    case 'xstate.done.actor.agent':
+      return 'reply';
+    case 'xstate.error.actor.agent':
+      return 'fail';
+    case 'SLOW':
+      return 'late';
+    default:
+      return 'never';
+  }
+}
+
 /** The machine with its invocations replaced by the events they send. */
 export function withInvocationsAsEvents(machine: AnyStateMachine): AnyStateMachine {
   const convert = (state: Record<string, unknown>): Record<string, unknown> => {

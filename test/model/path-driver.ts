@@ -37,7 +37,7 @@ import type { CallRecord } from '../../src/store/call-store.ts';
 import type { FakeAgent, FakeAgentScript } from '../fakes/agent-server.ts';
 import type { FakeElevenLabs, FakeElevenLabsBehaviour } from '../fakes/elevenlabs-server.ts';
 import { ELEVENLABS_KEY, PUBLIC_BASE_URL, startService, type RunningService } from '../support/service.ts';
-import { AGENT_REPLY, AGENT_REPLY_REST, AGENT_TIMEOUT_MS, LATE, MODEL_MAX_TURNS, type ModelEvent } from './call-model.ts';
+import { AGENT_REPLY, AGENT_REPLY_REST, AGENT_TIMEOUT_MS, agentOutcome, endsAgentTurn, isEarlySlow, MODEL_MAX_TURNS, type AgentOutcome, type ModelEvent } from './call-model.ts';
 
 /** How long a webhook waits before it puts the caller on hold (the service's WEBHOOK_DEADLINE_MS). */
 export const WEBHOOK_DEADLINE_MS = 150;
@@ -57,7 +57,6 @@ export interface ModelStep {
   state: { value: unknown; status: string; context: CallContext; hasTag(tag: string): boolean };
 }
 
-type AgentOutcome = 'reply' | 'fail' | 'late' | 'never';
 type VoiceOutcome = 'audio' | 'fail' | 'never';
 
 export interface Segment {
@@ -90,7 +89,7 @@ export function planPath(steps: ModelStep[]): Segment[] {
   const segments: Segment[] = [];
   for (const [index, step] of steps.entries()) {
     const previous = steps[index - 1];
-    const afterHold = previous !== undefined && isEarlyHold(previous.event);
+    const afterHold = previous !== undefined && isEarlySlow(previous.event);
     if (index === 0 || TRIGGERS.has(step.event.type) || afterHold) {
       const freshInstance = step.event.type === 'PLAYED' && previous?.state.context.turns.at(-1)?.written !== undefined;
       segments.push({
@@ -160,31 +159,8 @@ function requestFor(event: ModelEvent): Segment['request'] {
   }
 }
 
-function isEarlyHold(event: ModelEvent): boolean {
-  return event.type === 'SLOW' && event.at < LATE;
-}
 
-function endsAgentTurn(event: ModelEvent): boolean {
-  return (
-    event.type === 'xstate.done.actor.agent' ||
-    event.type === 'xstate.error.actor.agent' ||
-    event.type === 'HANGUP' ||
-    (event.type === 'SLOW' && !isEarlyHold(event))
-  );
-}
 
-function agentOutcome(event: ModelEvent): AgentOutcome {
-  switch (event.type) {
-    case 'xstate.done.actor.agent':
-      return 'reply';
-    case 'xstate.error.actor.agent':
-      return 'fail';
-    case 'SLOW':
-      return 'late';
-    default:
-      return 'never';
-  }
-}
 
 /** The fake agent's behaviour for a turn. */
 function agentScript(plan: NonNullable<Segment['agent']>, jumpClock: () => void): FakeAgentScript {

@@ -35,7 +35,7 @@ import type { ServiceMessage } from '../../src/transports/relay/messages.ts';
 import type { FakeAgent, FakeAgentBehaviour } from '../fakes/agent-server.ts';
 import { dialRelay, openSession, sessionEnded, twilioPost } from '../support/relay-call.ts';
 import { startService, type RunningService } from '../support/service.ts';
-import { AGENT_REPLY, AGENT_TIMEOUT_MS, LATE, MODEL_MAX_TURNS, type ModelEvent } from './call-model.ts';
+import { AGENT_REPLY, AGENT_TIMEOUT_MS, agentOutcome, endsAgentTurn, isEarlySlow, LATE, MODEL_MAX_TURNS, type AgentOutcome, type ModelEvent } from './call-model.ts';
 import type { ModelStep } from './path-driver.ts';
 import { AGENT_FIRST_WORDS } from './relay-model.ts';
 
@@ -50,7 +50,6 @@ const SETTLED_WITHIN_MS = 5_000;
 /** What Twilio sends the action URL when the session's socket went mid-call: "64105: ConversationRelay: Websocket ended" (https://www.twilio.com/docs/api/errors/64105). */
 const SOCKET_DROPPED = { SessionStatus: 'failed', ErrorCode: '64105' };
 
-type AgentOutcome = 'reply' | 'fail' | 'late' | 'never';
 
 /** What Twilio (or the passing time) does to start a segment. */
 export type Trigger =
@@ -119,32 +118,8 @@ function triggerOf(event: ModelEvent): Trigger | undefined {
   }
 }
 
-function isEarlySlow(event: ModelEvent): boolean {
-  return event.type === 'SLOW' && event.at < LATE;
-}
 
-function endsAgentTurn(event: ModelEvent): boolean {
-  return (
-    event.type === 'xstate.done.actor.agent' ||
-    event.type === 'xstate.error.actor.agent' ||
-    event.type === 'HANGUP' ||
-    event.type === 'RECONNECTED' ||
-    (event.type === 'SLOW' && !isEarlySlow(event))
-  );
-}
 
-function agentOutcome(event: ModelEvent): AgentOutcome {
-  switch (event.type) {
-    case 'xstate.done.actor.agent':
-      return 'reply';
-    case 'xstate.error.actor.agent':
-      return 'fail';
-    case 'SLOW':
-      return 'late';
-    default:
-      return 'never';
-  }
-}
 
 /** The fake agent's behaviour for a turn. */
 function agentScript(plan: NonNullable<RelaySegment['agent']>): FakeAgentBehaviour {

@@ -26,7 +26,7 @@ import { renderRecovery, renderUnknownCall, type SayOptions } from '../gather/tw
 import { MAX_RELAY_FRAME_BYTES } from './messages.ts';
 import { RelaySession, type RelaySessions } from './relay-session.ts';
 import { verifyRelayUpgrade } from './upgrade-signature.ts';
-import { RELAY_ROUTES, renderResumeWait } from './webhook-twiml.ts';
+import { RELAY_ROUTES, renderResumeWait, socketBaseUrl } from './webhook-twiml.ts';
 
 export interface RelayRoutesOptions {
   engine: CallEngine;
@@ -60,12 +60,12 @@ export async function relayRoutes(app: FastifyInstance, options: RelayRoutesOpti
     return reply.code(200).type(TWIML).send(renderRecovery(1, { baseUrl: options.publicBaseUrl, ...say }));
   });
 
+  const wssBase = socketBaseUrl(options.publicBaseUrl);
   app.get(
     RELAY_ROUTES.socket,
     {
       websocket: true,
       preValidation: async (request, reply) => {
-        const wssBase = options.publicBaseUrl.replace(/^http/i, 'ws');
         if (!verifyRelayUpgrade(options.twilioAuthToken, wssBase + request.url, request.headers)) {
           request.log.warn({ path: RELAY_ROUTES.socket }, 'refused a ConversationRelay upgrade with a missing or wrong Twilio signature');
           return reply.code(403).type('text/plain').send('Forbidden: invalid Twilio signature');

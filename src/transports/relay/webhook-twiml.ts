@@ -25,9 +25,14 @@ export const RELAY_ROUTES = {
 /** How the relay speaks and listens (CALL_TRANSPORT=relay settings). */
 export type RelaySettings = Pick<RelayConnectOptions, 'language' | 'ttsProvider' | 'voice' | 'interruptible' | 'interruptSensitivity'>;
 
-/** `ws(s)://` for the public `http(s)://` base URL. */
+/** The public base URL as a WebSocket's: `ws(s)://` for `http(s)://`. Twilio signs the socket's URL in this form. */
+export function socketBaseUrl(publicBaseUrl: string): string {
+  return publicBaseUrl.replace(/^http/i, 'ws');
+}
+
+/** The `<ConversationRelay url>`: the relay socket at the public base URL. */
 export function relaySocketUrl(publicBaseUrl: string): string {
-  return publicBaseUrl.replace(/^http/i, 'ws') + RELAY_ROUTES.socket;
+  return socketBaseUrl(publicBaseUrl) + RELAY_ROUTES.socket;
 }
 
 export function renderRelayListening(view: CallView, publicBaseUrl: string, settings: RelaySettings): string {
